@@ -1,0 +1,233 @@
+"""The `difformer` command: prepare, train, generate, evaluate, quickstart.
+
+Argument names follow fairseq where a fairseq habit exists (--source-lang, --trainpref, --destdir,
+--max-tokens). Every user error is a DifformerError, printed as one line with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from difformer.errors import DifformerError
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="learn a joint subword vocabulary and binarise a parallel corpus",
+        description="Read plain-text parallel files PREF.SRC / PREF.TGT for each split, learn one joint "
+        "sentencepiece vocabulary (or reuse --tokenizer), and write memory-mappable token arrays, the "
+        "tokenizer and dataset.json to --destdir.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--source-lang", "-s", required=True, help="source suffix, e.g. de or src")
+    p.add_argument("--target-lang", "-t", required=True, help="target suffix, e.g. en or tgt")
+    p.add_argument("--trainpref", required=True, help="training files prefix (reads PREF.SRC and PREF.TGT)")
+    p.add_argument("--validpref", help="validation files prefix")
+    p.add_argument("--testpref", help="test files prefix")
+    p.add_argument("--destdir", required=True, help="output directory (must not exist unless --force)")
+    p.add_argument("--vocab-size", type=int, default=8000, help="joint subword vocabulary size")
+    p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type")
+    p.add_argument("--tokenizer", help="reuse this sentencepiece .model instead of learning one")
+    p.add_argument("--max-len", type=int, help="maximum subword tokens per side (without BOS/EOS)")
+    p.add_argument("--long", choices=["drop", "truncate"], default="drop",
+                   help="what --max-len does to a longer pair")
+    p.add_argument("--lowercase", action="store_true", help="lowercase both sides before everything")
+    p.add_argument("--force", action="store_true", help="replace an existing --destdir")
+    p.add_argument("--seed", type=int, default=1, help="seed for the tokenizer's sentence sampling")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> None:
+    from difformer.data.prepare import prepare, format_summary
+
+    info = prepare(
+        source_lang=args.source_lang, target_lang=args.target_lang,
+        trainpref=args.trainpref, validpref=args.validpref, testpref=args.testpref,
+        destdir=args.destdir, vocab_size=args.vocab_size, model_type=args.model_type,
+        tokenizer=args.tokenizer, max_len=args.max_len, long=args.long,
+        lowercase=args.lowercase, force=args.force, seed=args.seed,
+    )
+    print(format_summary(info))
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a Difformer from a prepared corpus",
+        description="Train from a YAML config (a file, or a preset name: quickstart, multi30k, iwslt14, "
+        "wmt14) with section.key=value overrides, e.g. `difformer train multi30k train.data=data/m30k "
+        "train.save_dir=runs/m30k train.max_minutes=25`. Checkpoints (safetensors + JSON) go to "
+        "SAVE_DIR/checkpoints; the average of the best checkpoints by validation BLEU becomes the model "
+        "directory SAVE_DIR/model. SIGINT/SIGTERM save a checkpoint; --resume continues exactly.")
+    p.add_argument("config", help="YAML config file or preset name")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    p.add_argument("--resume", action="store_true", help="continue the run in train.save_dir")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from difformer.config import load_config
+    from difformer.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    if not cfg.train.data or not cfg.train.save_dir:
+        raise DifformerError("set train.data (a prepared directory) and train.save_dir, "
+                             "e.g. train.data=data/m30k train.save_dir=runs/m30k")
+    out = train(cfg, resume=args.resume, device=args.device)
+    print(f"model directory: {out}")
+
+
+def _add_decoding_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoding (defaults come from the model's config)")
+    g.add_argument("--steps", type=int, help="sampling steps K over the T-step schedule (20)")
+    g.add_argument("--early-stop", type=int, help="stop after this many steps and output its z0 prediction; 0: off")
+    g.add_argument("--length-beam", type=int, help="candidate lengths around the predicted one")
+    g.add_argument("--noise-beam", type=int, help="independent noise samples per length")
+    g.add_argument("--selection", choices=["score", "mbr"], help="pick the candidate by the model's mean "
+                   "token log-probability (score) or by BLEU-MBR among the candidates (mbr)")
+    g.add_argument("--sampler", choices=["ddpm", "ddim"], help="ancestral DDPM or deterministic DDIM")
+    g.add_argument("--clamp", action=argparse.BooleanOptionalAction, default=None,
+                   help="replace z0_hat by its nearest word embedding at every step")
+    g.add_argument("--seed", type=int, help="noise seed")
+    g.add_argument("--max-tokens", type=int, help="decoding batch size in target tokens, candidates included")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16 autocast where the hardware is fast at it (auto), or force one")
+    g.add_argument("--device", default="cpu", help="torch device")
+
+
+def _decoding_options(args: argparse.Namespace) -> dict:
+    names = ["steps", "early_stop", "length_beam", "noise_beam", "selection", "sampler", "clamp", "seed",
+             "max_tokens"]
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate", help="decode inputs with a trained model, one output line per input line",
+        description="Read one input per line from --input (or stdin) and write exactly one output line per "
+        "input line, in order, to --output (or stdout). Empty lines give empty lines. Speed goes to stderr.")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--input", "-i", default="-", help="input file, - for stdin")
+    p.add_argument("--output", "-o", help="output file (written to a temporary file, then renamed)")
+    _add_decoding_args(p)
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    import time
+
+    from difformer.generate import load, read_lines
+
+    pipe = load(args.model, device=args.device, precision=args.precision)
+    options = _decoding_options(args)
+    cfg = pipe.decode_config(**options)
+    lines, bad = read_lines(args.input)
+    if bad:
+        print(f"warning: {args.input}: invalid UTF-8 replaced on line(s) {_ranges(bad)}", file=sys.stderr)
+    start = time.perf_counter()
+    outputs = pipe.generate(lines, **options)
+    seconds = time.perf_counter() - start
+    if pipe.truncated:
+        print(f"warning: {len(pipe.truncated)} input(s) cut to {pipe.config.model.max_positions - 1} tokens, "
+              f"line(s) {_ranges([i + 1 for i in pipe.truncated])}", file=sys.stderr)
+    text = "".join(o.replace("\n", " ") + "\n" for o in outputs)
+    if args.output:
+        from difformer.hub import write_atomic
+
+        write_atomic(Path(args.output), lambda p: p.write_text(text, encoding="utf-8"))
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    print(f"{len(lines)} sentences in {seconds:.2f}s ({len(lines) / max(seconds, 1e-9):.1f} sentences/s); "
+          f"{cfg.describe()} precision={pipe.precision}", file=sys.stderr)
+
+
+def _ranges(numbers: list[int], limit: int = 10) -> str:
+    shown = ", ".join(map(str, numbers[:limit]))
+    return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score hypotheses (sacreBLEU, tokenized BLEU, ROUGE) or decode and score a split",
+        description="Either score --hyp against one or more --ref files, or decode a prepared split with "
+        "--model DIR --data DIR --split test and score it. Every score line carries its signature.")
+    p.add_argument("--hyp", help="hypothesis file, one line per reference line")
+    p.add_argument("--ref", action="append", help="reference file (repeat for several references)")
+    p.add_argument("--model", help="model directory, to decode --split of --data")
+    p.add_argument("--data", help="prepared directory (default: the data the model was trained on)")
+    p.add_argument("--split", default="test", help="split of --data to decode")
+    p.add_argument("--output", "-o", help="with --model: also write the hypotheses here")
+    p.add_argument("--metric", action="append", choices=["bleu", "tok-bleu", "rouge"],
+                   help="metrics to report (repeatable; default: bleu)")
+    p.add_argument("--lowercase", action="store_true", help="case-insensitive BLEU")
+    _add_decoding_args(p)
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from difformer.evaluate import decode_split, read_references, score
+
+    if args.model:
+        if args.hyp:
+            raise DifformerError("give either --hyp/--ref or --model, not both")
+        hyps, refs, info = decode_split(args.model, args.data, args.split, args.precision, args.device,
+                                        _decoding_options(args), args.output)
+        print(info, file=sys.stderr)
+    else:
+        if not args.hyp or not args.ref:
+            raise DifformerError("give --hyp and --ref (or --model DIR --split NAME)")
+        hyps, refs = read_references(args.hyp, args.ref)
+    for line in score(hyps, refs, args.metric or ["bleu"], args.lowercase):
+        print(line)
+
+
+def _add_quickstart(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quickstart", help="generate a toy translation task, train a small Difformer on it, and score it",
+        description="French number words -> English number words, generated locally (no download): "
+        "prepare, train configs/quickstart.yaml for at most --minutes on CPU, print a few examples and "
+        "the test BLEU on the last line.")
+    p.add_argument("--workdir", default="quickstart", help="where the corpus, data and run go")
+    p.add_argument("--minutes", type=float, default=5.0, help="training wall-clock budget")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=_run_quickstart)
+
+
+def _run_quickstart(args: argparse.Namespace) -> None:
+    from difformer.quickstart import quickstart
+
+    quickstart(args.workdir, minutes=args.minutes, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="difformer",
+        description="Embedding diffusion Transformers (Difformer) for conditional text generation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_prepare(sub)
+    _add_train(sub)
+    _add_generate(sub)
+    _add_evaluate(sub)
+    _add_quickstart(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DifformerError as e:
+        print(f"difformer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"difformer {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Configuration: dataclasses for the model, the diffusion, training and decoding; YAML in and out.
+
+A config is validated when it is built, so a bad value fails at load with one clear message instead of
+an hour into training. `key=value` overrides use dotted names: `train.lr=1e-3`, `model.d_model=256`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from difformer.errors import DifformerError
+
+PRESETS = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0  # set from the tokenizer by `train`; a model directory always has it
+    embed_dim: int = 128  # e: the latent (embedding) size that diffusion runs in
+    d_model: int = 512
+    n_heads: int = 8
+    ffn_dim: int = 2048
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dropout: float = 0.1
+    max_positions: int = 256  # positions per side, BOS/EOS included
+    norm_first: bool = False  # False: post-LN as in the reference; True: pre-LN
+    embed_norm: str = "input"  # "input" (LayerNorm on the decoder input), "before_noise", "none"
+    length_classes: int = 256  # classes of tgt_len - src_len + length_classes // 2
+    # std of E at init. None: 1/sqrt(e), so z0 = sqrt(e) E[y] starts at unit variance per dimension, the
+    # scale the noise assumes. The reference's BERT init (0.02) starts z0 tiny, and Adam can then collapse
+    # E onto the decoder output before the anchor loss separates the words: see the quickstart notes.
+    embed_init_std: float | None = None
+
+    def validate(self) -> None:
+        _check(self.embed_norm in ("input", "before_noise", "none"),
+               f"model.embed_norm must be input, before_noise or none, not {self.embed_norm!r}")
+        _check(self.d_model % self.n_heads == 0,
+               f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        for name in ("embed_dim", "d_model", "n_heads", "ffn_dim", "enc_layers", "dec_layers",
+                     "max_positions", "length_classes"):
+            _check(getattr(self, name) > 0, f"model.{name} must be positive")
+        _check(self.vocab_size >= 0, "model.vocab_size must be >= 0")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        _check(self.embed_init_std is None or self.embed_init_std > 0, "model.embed_init_std must be positive")
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "sqrt"  # "sqrt" (Diffusion-LM), "linear", "cosine"
+    timesteps: int = 2000  # T
+    noise_factor: float = 4.0  # F, training only
+    noise_mode: str = "scale"  # "scale": F multiplies the noise; "vp": same SNR, variance preserving
+    anchor: str = "anchor"  # "anchor" (CE on predicted z0), "rounding" (CE on clean z0), "none"
+    label_smoothing: float = 0.1
+    length_weight: float = 0.1
+    self_cond: float = 0.5  # probability of a self-conditioning pass in training; 0 turns it off
+    time_sampling: str = "uniform"  # "uniform" over 0..T-1
+
+    def validate(self) -> None:
+        _check(self.schedule in ("sqrt", "linear", "cosine"),
+               f"diffusion.schedule must be sqrt, linear or cosine, not {self.schedule!r}")
+        _check(self.noise_mode in ("scale", "vp"), "diffusion.noise_mode must be scale or vp")
+        _check(self.anchor in ("anchor", "rounding", "none"),
+               "diffusion.anchor must be anchor, rounding or none")
+        _check(self.timesteps >= 2, "diffusion.timesteps must be >= 2")
+        _check(self.noise_factor >= 1.0, "diffusion.noise_factor must be >= 1")
+        _check(0.0 <= self.self_cond <= 1.0, "diffusion.self_cond is a probability in [0, 1]")
+        _check(0.0 <= self.label_smoothing < 1.0, "diffusion.label_smoothing must be in [0, 1)")
+        _check(self.time_sampling == "uniform", "diffusion.time_sampling must be uniform")
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # a directory written by `difformer prepare`
+    save_dir: str = ""
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.01
+    warmup_updates: int = 10000
+    clip_norm: float = 1.0
+    max_tokens: int = 8000  # per batch, padded tokens of the longer side
+    update_freq: int = 1  # gradient accumulation: batches per update
+    max_updates: int = 300000
+    max_minutes: float = 0.0  # wall-clock budget; 0 means none
+    validate_every: int = 1000  # updates between validations and checkpoints
+    valid_bleu_sentences: int = 200  # valid sentences decoded for BLEU at each validation
+    keep_best: int = 5  # checkpoints kept and averaged by validation BLEU
+    log_every: int = 50
+    seed: int = 1
+    precision: str = "auto"  # "auto", "fp32" or "bf16"
+
+    def validate(self) -> None:
+        _check(self.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
+        for name in ("max_tokens", "update_freq", "max_updates", "validate_every", "keep_best", "log_every"):
+            _check(getattr(self, name) > 0, f"train.{name} must be positive")
+        _check(self.lr > 0, "train.lr must be positive")
+        _check(self.warmup_updates >= 0 and self.max_minutes >= 0, "train budgets must be >= 0")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas: two values in [0, 1)")
+
+
+@dataclass
+class DecodeConfig:
+    steps: int = 20  # K sampling steps spread over the T-step schedule
+    early_stop: int = 0  # stop after this many steps and output that step's z0 prediction; 0: off
+    length_beam: int = 1
+    noise_beam: int = 1
+    sampler: str = "ddpm"  # "ddpm" (ancestral) or "ddim" (deterministic)
+    clamp: bool = False  # replace z0_hat by the embedding of its argmax token at every step
+    selection: str = "score"  # "score" (model's mean token log-prob) or "mbr" (BLEU-MBR)
+    seed: int = 0
+    max_tokens: int = 16000  # decoding batch size in target tokens, candidates included
+
+    def validate(self) -> None:
+        _check(self.steps >= 1, "decode.steps must be >= 1")
+        _check(0 <= self.early_stop <= self.steps, "decode.early_stop must be in [0, steps]")
+        _check(self.length_beam >= 1 and self.noise_beam >= 1, "decode beams must be >= 1")
+        _check(self.sampler in ("ddpm", "ddim"), "decode.sampler must be ddpm or ddim")
+        _check(self.selection in ("score", "mbr"), "decode.selection must be score or mbr")
+        _check(self.max_tokens > 0, "decode.max_tokens must be positive")
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sentence: steps run x candidates."""
+        return (self.early_stop or self.steps) * self.length_beam * self.noise_beam
+
+    def describe(self) -> str:
+        """How outputs were made, printed next to every score and speed."""
+        return (f"steps={self.steps} early_stop={self.early_stop or 'off'} "
+                f"candidates={self.length_beam}x{self.noise_beam} selection={self.selection} "
+                f"sampler={self.sampler} clamp={self.clamp} NFE={self.nfe}")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def validate(self) -> "Config":
+        for section in (self.model, self.diffusion, self.train, self.decode):
+            section.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples become lists
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "config") -> "Config":
+        if not isinstance(raw, dict):
+            raise DifformerError(f"{where}: expected a mapping of sections, got {type(raw).__name__}")
+        unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise DifformerError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
+        sections = {}
+        for f in dataclasses.fields(cls):
+            sections[f.name] = _build(f.default_factory, raw.get(f.name) or {}, f"{where}: {f.name}")
+        return cls(**sections).validate()
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise DifformerError(message)
+
+
+def _build(section_cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise DifformerError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(section_cls)
+    names = {f.name for f in dataclasses.fields(section_cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise DifformerError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    return section_cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a YAML/JSON value against the field's type; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # Optional[X]
+        if value is None:
+            return None
+        hint, origin = typing.get_args(hint)[0], None
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise DifformerError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise DifformerError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        except ValueError:
+            raise DifformerError(f"{where}: expected a number, got {value!r}") from None
+    if hint in (int, float, str) and (not isinstance(value, hint) or isinstance(value, bool)):
+        raise DifformerError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path_or_preset: str, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (or a preset name such as `quickstart`) and apply `section.key=value` overrides."""
+    path = Path(path_or_preset)
+    if not path.exists() and (PRESETS / f"{path_or_preset}.yaml").exists():
+        path = PRESETS / f"{path_or_preset}.yaml"
+    if not path.exists():
+        presets = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise DifformerError(f"{path_or_preset}: no such config file or preset ({presets})")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise DifformerError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise DifformerError(f"override {item!r}: expected section.key=value, e.g. train.lr=1e-3")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise DifformerError(f"{path}: section {section!r} is not a mapping")
+        raw[section][name] = yaml.safe_load(value)
+    return Config.from_dict(raw, where=str(path))
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

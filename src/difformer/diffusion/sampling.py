@@ -1,0 +1,76 @@
+"""Few-step decoding: length prediction, candidate expansion (length beam x noise beam), DDPM/DDIM sampling.
+
+All l x n candidates of a batch are decoded as one batch with the encoder output repeated. The network
+is called once per step; the schedule's `step` does the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from difformer.config import DecodeConfig
+from difformer.diffusion.schedule import Schedule
+from difformer.model.difformer import Difformer, predict_lengths
+
+
+@dataclass
+class Candidates:
+    tokens: torch.Tensor  # (B, C, L) argmax tokens, C = length_beam x noise_beam
+    lengths: torch.Tensor  # (B, C) target lengths, BOS/EOS included
+    scores: torch.Tensor  # (B, C) mean token log-probability of the argmax tokens
+
+
+@torch.no_grad()
+def denoise_loop(model: Difformer, schedule: Schedule, memory: torch.Tensor, src_mask: torch.Tensor,
+                 tgt_mask: torch.Tensor, cfg: DecodeConfig, generator: torch.Generator | None,
+                 trace: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Run K reverse steps from z_T ~ N(0, I) (sampling uses F = 1); return the last z0_hat (N, L, e).
+
+    With `trace`, each step's z0_hat is appended to it (for the trajectory analysis).
+    """
+    N, L = tgt_mask.shape
+    z = torch.randn((N, L, model.cfg.embed_dim), generator=generator, device=memory.device)
+    p = torch.zeros_like(z)
+    ts = schedule.timesteps_for(cfg.steps)
+    last = cfg.early_stop or cfg.steps
+    for i, t in enumerate(ts[:last]):
+        time = schedule.model_time(torch.full((N,), t, device=z.device))
+        z0_hat = model.denoise(z, p, time, tgt_mask, memory, src_mask).float()
+        if cfg.clamp:  # snap to the nearest-by-logit word embedding
+            z0_hat = model.embed_target(model.logits(z0_hat).argmax(-1)).float()
+        if trace is not None:
+            trace.append(z0_hat)
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        if i + 1 < last:
+            z = schedule.step(z0_hat, z, t, t_prev, cfg.sampler, generator)
+        p = z0_hat
+    return z0_hat
+
+
+@torch.no_grad()
+def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor, src_mask: torch.Tensor,
+                        cfg: DecodeConfig, generator: torch.Generator | None = None) -> Candidates:
+    """Encode once, predict lengths, expand to l x n candidates per source and denoise them in one batch."""
+    B = src.shape[0]
+    l, n = cfg.length_beam, cfg.noise_beam
+    memory, length_logits = model.encode(src, src_mask)
+    lengths = predict_lengths(length_logits.float(), src_mask.sum(1), l, model.cfg.max_positions)  # (B, l)
+    lengths = lengths.repeat_interleave(n, dim=1).reshape(-1)  # (B*l*n,)
+    memory = memory.repeat_interleave(l * n, dim=0)
+    src_mask = src_mask.repeat_interleave(l * n, dim=0)
+    L = int(lengths.max())
+    tgt_mask = torch.arange(L, device=src.device)[None, :] < lengths[:, None]  # (B*C, L)
+
+    z0_hat = denoise_loop(model, schedule, memory, src_mask, tgt_mask, cfg, generator)
+    logp = F.log_softmax(model.logits(z0_hat).float(), dim=-1)  # (B*C, L, V)
+    best, tokens = logp.max(-1)
+    scores = (best * tgt_mask).sum(1) / lengths
+    C = l * n
+    return Candidates(tokens.view(B, C, L), lengths.view(B, C), scores.view(B, C))
+
+
+def strip_specials(tokens: list[int], length: int, specials: set[int]) -> list[int]:
+    """Tokens of one candidate inside its length, without BOS/EOS/pad that the model emits in place."""
+    return [tok for tok in tokens[:length] if tok not in specials]

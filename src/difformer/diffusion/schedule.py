@@ -1,0 +1,89 @@
+"""Noise schedules, forward noising with the noise factor F, and the reverse-step posteriors.
+
+Kept apart from the network (as diffusers does) so a sampler can be added without touching the model.
+All schedule arithmetic is float64; tensors handed to the model are float32.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+
+def _alpha_bar_fn(name: str) -> Callable[[float], float]:
+    if name == "sqrt":  # Diffusion-LM: abar(s) = 1 - sqrt(s + 1e-4)
+        return lambda s: 1.0 - math.sqrt(s + 1e-4)
+    if name == "cosine":  # Nichol & Dhariwal
+        return lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+    raise ValueError(name)
+
+
+def make_alphas_cumprod(name: str, timesteps: int) -> torch.Tensor:
+    """abar_i for i = 0..T-1 (float64), through betas beta_i = min(1 - abar((i+1)/T) / abar(i/T), 0.999)."""
+    if name == "linear":  # DDPM's 1e-4..0.02 for T = 1000, rescaled to T
+        scale = 1000.0 / timesteps
+        betas = torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+    else:
+        f = _alpha_bar_fn(name)
+        betas = torch.tensor([min(1.0 - f((i + 1) / timesteps) / f(i / timesteps), 0.999)
+                              for i in range(timesteps)], dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def vp_rescale(alphas_cumprod: torch.Tensor, noise_factor: float) -> torch.Tensor:
+    """Variance-preserving noise factor: abar' = abar / (F^2 - (F^2 - 1) abar), the SNR of F-scaled noise."""
+    f2 = noise_factor ** 2
+    return alphas_cumprod / (f2 - (f2 - 1.0) * alphas_cumprod)
+
+
+class Schedule:
+    """A T-step Gaussian schedule. `add_noise` is training's q(z_t | z0); `step` is one reverse step."""
+
+    def __init__(self, name: str = "sqrt", timesteps: int = 2000):
+        self.timesteps = timesteps
+        self.alphas_cumprod = make_alphas_cumprod(name, timesteps)  # (T,) float64
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """What the network is fed for step t: t * 1000 / T."""
+        return t.float() * (1000.0 / self.timesteps)
+
+    def add_noise(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, noise_factor: float = 1.0,
+                  mode: str = "scale") -> torch.Tensor:
+        """z_t = sqrt(abar_t) z0 + F sqrt(1 - abar_t) eps ("scale"), or the VP schedule with the same SNR."""
+        abar = self.alphas_cumprod.to(z0.device)[t]  # (B,)
+        if mode == "vp":
+            abar, noise_factor = vp_rescale(abar, noise_factor), 1.0
+        a = abar.sqrt().float()[:, None, None]
+        s = ((1.0 - abar).sqrt() * noise_factor).float()[:, None, None]
+        return a * z0 + s * noise
+
+    def timesteps_for(self, steps: int) -> list[int]:
+        """K evenly spaced steps from T-1 down to 0 (integer positions on the T-step schedule)."""
+        if steps > self.timesteps:
+            raise ValueError(f"steps ({steps}) exceeds the schedule's {self.timesteps} timesteps")
+        ts = torch.linspace(self.timesteps - 1, 0, steps, dtype=torch.float64).round().long()
+        return ts.tolist()
+
+    def step(self, z0_hat: torch.Tensor, z_t: torch.Tensor, t: int, t_prev: int, sampler: str,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Move z_t at step t to step t_prev (< t; -1 means the clean end) given the prediction z0_hat.
+
+        DDPM samples the posterior q(z_prev | z_t, z0_hat) of the strided schedule with its fixed-small
+        variance; DDIM (eta = 0) re-noises z0_hat deterministically with the implied noise.
+        """
+        abar_t = self.alphas_cumprod[t].item()
+        abar_s = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
+        if sampler == "ddim":
+            eps = (z_t - math.sqrt(abar_t) * z0_hat) / math.sqrt(1.0 - abar_t)
+            return math.sqrt(abar_s) * z0_hat + math.sqrt(1.0 - abar_s) * eps
+        alpha_ts = abar_t / abar_s  # the strided step's alpha
+        beta_ts = 1.0 - alpha_ts
+        coef_z0 = math.sqrt(abar_s) * beta_ts / (1.0 - abar_t)
+        coef_zt = math.sqrt(alpha_ts) * (1.0 - abar_s) / (1.0 - abar_t)
+        mean = coef_z0 * z0_hat + coef_zt * z_t
+        if t_prev < 0:
+            return mean
+        var = beta_ts * (1.0 - abar_s) / (1.0 - abar_t)
+        noise = torch.randn(z_t.shape, generator=generator, device=z_t.device, dtype=z_t.dtype)
+        return mean + math.sqrt(var) * noise

@@ -1,0 +1,119 @@
+"""Self-contained model directories: config.json, model.safetensors, tokenizer.model, dataset.json.
+
+The tokenizer travels with the weights, so a model cannot be loaded with another vocabulary. Only JSON and
+safetensors are ever read: loading a directory never runs code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from difformer.config import Config
+from difformer.data.tokenizer import Tokenizer
+from difformer.errors import DifformerError
+from difformer.model.difformer import Difformer
+
+CONFIG, WEIGHTS, TOKENIZER, DATASET = "config.json", "model.safetensors", "tokenizer.model", "dataset.json"
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+
+
+def write_atomic(path: Path, write) -> None:
+    """Write through `write(tmp_path)` to a temporary file in the same directory, fsync, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8"))
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    write_atomic(path, lambda p: save_file(state, str(p)))
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DifformerError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def save_pretrained(model: Difformer, config: Config, tokenizer_path: Path, dataset_json: Path | None,
+                    directory: Path) -> None:
+    """Write a model directory; built beside the target and renamed so it is never half-written."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        (tmp / CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
+        shutil.copyfile(tokenizer_path, tmp / TOKENIZER)
+        if dataset_json is not None and Path(dataset_json).exists():
+            shutil.copyfile(dataset_json, tmp / DATASET)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_config(path: Path) -> Config:
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DifformerError(f"{path}: not a readable JSON config ({e})") from None
+    return Config.from_dict(raw, where=str(path))
+
+
+def from_pretrained(directory: str | Path) -> tuple[Difformer, Config, Tokenizer]:
+    """Load (model in eval mode, config, tokenizer) from a model directory, checking everything first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DifformerError(f"{directory}: no such model directory")
+    pickles = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        raise DifformerError(f"{directory}: holds {pickles[0]}, a pickle-style file; difformer model "
+                             "directories hold only JSON, safetensors and the tokenizer, and never unpickle")
+    for name in (CONFIG, WEIGHTS, TOKENIZER):
+        if not (directory / name).is_file():
+            raise DifformerError(f"{directory}: missing {name}; not a difformer model directory")
+    config = read_config(directory / CONFIG)
+    tokenizer = Tokenizer(directory / TOKENIZER)
+    if config.model.vocab_size != tokenizer.vocab_size:
+        raise DifformerError(f"{directory / CONFIG}: model.vocab_size {config.model.vocab_size} does not match "
+                             f"the tokenizer's {tokenizer.vocab_size}")
+    model = Difformer(config.model)
+    load_state(model, load_weights(directory / WEIGHTS), directory / WEIGHTS)
+    return model.eval(), config, tokenizer
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
+    """load_state_dict with one clear error for a missing, extra or mis-shaped tensor."""
+    expected = model.state_dict()
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise DifformerError(f"{where}: tensors do not match the config (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]})")
+    for k, v in expected.items():
+        if state[k].shape != v.shape or state[k].dtype != v.dtype:
+            raise DifformerError(f"{where}: tensor {k} has shape {tuple(state[k].shape)} {state[k].dtype}, "
+                                 f"the config needs {tuple(v.shape)} {v.dtype}")
+    model.load_state_dict(state)

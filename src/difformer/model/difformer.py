@@ -1,0 +1,114 @@
+"""The Difformer denoiser: an encoder-decoder Transformer over target-token embeddings.
+
+Gao et al., "Empowering Diffusion Models on the Embedding Space for Text Generation" (Difformer).
+One embedding matrix E (V x e) serves the encoder input, the diffusion targets z0 = sqrt(e) E[y] and the
+output logits z0_hat @ E^T. The decoder sees noisy latents z_t, the self-conditioning input p and the
+step t, and predicts z0 directly. ../shared/DESIGN.md 1.1-1.2 is the specification followed here.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from difformer.config import ModelConfig
+from difformer.model.transformer import DecoderLayer, EncoderLayer
+
+
+def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of a (B,) float step; the model is fed t * 1000 / T so T can change."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim) for even dim
+
+
+class Difformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        e, d = cfg.embed_dim, cfg.d_model
+        self.embed = nn.Embedding(cfg.vocab_size, e)  # E, shared by everything
+        self.embed_scale = math.sqrt(e)
+        # "before_noise" placement (first paper version): normalise each target embedding before noising
+        self.target_norm = nn.LayerNorm(e) if cfg.embed_norm == "before_noise" else None
+
+        self.enc_in = nn.Linear(e, d)
+        self.enc_pos = nn.Embedding(cfg.max_positions, d)
+        self.encoder = nn.ModuleList(
+            EncoderLayer(d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.norm_first) for _ in range(cfg.enc_layers))
+        self.enc_norm = nn.LayerNorm(d) if cfg.norm_first else nn.Identity()
+        self.length_head = nn.Linear(d, cfg.length_classes, bias=False)
+
+        self.proj_in = nn.Linear(e, d)  # shared by z_t and the self-conditioning input
+        self.in_mlp = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Linear(d, d))
+        self.time_mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.ReLU(), nn.Linear(4 * d, d))
+        self.dec_pos = nn.Embedding(cfg.max_positions, d)
+        # the published "embedding layer normalization": LayerNorm on the d-dim decoder input
+        self.input_norm = nn.LayerNorm(d) if cfg.embed_norm == "input" else nn.Identity()
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.decoder = nn.ModuleList(
+            DecoderLayer(d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.norm_first) for _ in range(cfg.dec_layers))
+        self.dec_norm = nn.LayerNorm(d) if cfg.norm_first else nn.Identity()
+        self.proj_out = nn.Linear(d, e)
+        self.apply(_bert_init)
+        nn.init.normal_(self.embed.weight, std=cfg.embed_init_std or e ** -0.5)
+
+    def embed_target(self, tokens: torch.Tensor) -> torch.Tensor:
+        """z0 for target tokens (B, T) -> (B, T, e): sqrt(e) E[y], layer-normalised in "before_noise"."""
+        z0 = self.embed(tokens) * self.embed_scale
+        return self.target_norm(z0) if self.target_norm is not None else z0
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Rounding to the vocabulary through the tied embedding: (B, T, e) -> (B, T, V)."""
+        return z @ self.embed.weight.t()
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source tokens (B, S) -> encoder states (B, S, d) and length-class logits (B, classes)."""
+        pos = torch.arange(src.shape[1], device=src.device)
+        h = self.enc_in(self.embed(src) * self.embed_scale) + self.enc_pos(pos)  # (B, S, d)
+        h = self.dropout(h)
+        for layer in self.encoder:
+            h = layer(h, src_mask)
+        h = self.enc_norm(h)
+        m = src_mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)  # masked mean, (B, d)
+        return h, self.length_head(pooled)
+
+    def denoise(self, z_t: torch.Tensor, p: torch.Tensor, t: torch.Tensor, tgt_mask: torch.Tensor,
+                memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        """Predict z0 (B, T, e) from z_t and p (B, T, e) at model time t (B,)."""
+        d = self.cfg.d_model
+        pos = torch.arange(z_t.shape[1], device=z_t.device)
+        h = self.in_mlp(torch.cat([self.proj_in(z_t), self.proj_in(p)], dim=-1))  # (B, T, d)
+        h = h + self.time_mlp(timestep_features(t, d))[:, None, :] + self.dec_pos(pos)
+        h = self.dropout(self.input_norm(h))
+        for layer in self.decoder:
+            h = layer(h, tgt_mask, memory, src_mask)
+        return self.proj_out(self.dec_norm(h))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _bert_init(module: nn.Module) -> None:
+    """BERT-style N(0, 0.02) for every linear and embedding, as in the reference (E: see embed_init_std)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def length_targets(src_lens: torch.Tensor, tgt_lens: torch.Tensor, classes: int) -> torch.Tensor:
+    """Length classes tgt_len - src_len + classes // 2, clamped (lengths count BOS/EOS)."""
+    return (tgt_lens - src_lens + classes // 2).clamp(0, classes - 1)
+
+
+def predict_lengths(length_logits: torch.Tensor, src_lens: torch.Tensor, beam: int,
+                    max_len: int) -> torch.Tensor:
+    """Candidate target lengths (B, beam): the argmax length L plus offsets -beam//2 .. around it."""
+    classes = length_logits.shape[-1]
+    best = length_logits.argmax(-1) + src_lens - classes // 2  # (B,)
+    offsets = torch.arange(beam, device=best.device) - beam // 2
+    return (best[:, None] + offsets[None, :]).clamp(2, max_len)  # BOS + EOS at least

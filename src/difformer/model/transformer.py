@@ -1,0 +1,86 @@
+"""Transformer blocks on `scaled_dot_product_attention`: encoder and decoder layers, post-LN or pre-LN.
+
+The decoder here is bidirectional (no causal mask): Difformer denoises all target positions at once.
+Masks are boolean `(B, S)` key-padding masks, True where a token is real.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        S = memory.shape[1]
+        q = self.q(x).view(B, T, self.n_heads, -1).transpose(1, 2)  # (B, H, T, C/H)
+        k, v = self.kv(memory).view(B, S, 2, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # 2 x (B, H, S, C/H)
+        mask = key_mask[:, None, None, :]  # (B, 1, 1, S), broadcast over heads and queries
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(F.relu(self.fc1(x))))
+
+
+class Sublayer(nn.Module):
+    """Residual around one sublayer with its LayerNorm before (pre-LN) or after (post-LN) the sum."""
+
+    def __init__(self, d_model: int, dropout: float, norm_first: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(self, x: torch.Tensor, fn) -> torch.Tensor:
+        if self.norm_first:
+            return x + self.dropout(fn(self.norm(x)))
+        return self.norm(x + self.dropout(fn(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float, norm_first: bool):
+        super().__init__()
+        self.attn = Attention(d_model, n_heads, dropout)
+        self.ffn = FeedForward(d_model, ffn_dim, dropout)
+        self.sub_attn = Sublayer(d_model, dropout, norm_first)
+        self.sub_ffn = Sublayer(d_model, dropout, norm_first)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.sub_attn(x, lambda h: self.attn(h, h, mask))
+        return self.sub_ffn(x, self.ffn)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, ffn_dim: int, dropout: float, norm_first: bool):
+        super().__init__()
+        self.self_attn = Attention(d_model, n_heads, dropout)
+        self.cross_attn = Attention(d_model, n_heads, dropout)
+        self.ffn = FeedForward(d_model, ffn_dim, dropout)
+        self.sub_self = Sublayer(d_model, dropout, norm_first)
+        self.sub_cross = Sublayer(d_model, dropout, norm_first)
+        self.sub_ffn = Sublayer(d_model, dropout, norm_first)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, memory: torch.Tensor,
+                memory_mask: torch.Tensor) -> torch.Tensor:
+        x = self.sub_self(x, lambda h: self.self_attn(h, h, mask))
+        x = self.sub_cross(x, lambda h: self.cross_attn(h, memory, memory_mask))
+        return self.sub_ffn(x, self.ffn)

@@ -1,0 +1,366 @@
+"""Training loop: AdamW with inverse-sqrt warmup, token-count batches, accumulation, validation by BLEU,
+atomic safetensors checkpoints (best k + last), exact resume, and averaging of the best k at the end.
+
+Everything a run needs to continue exactly lives in its checkpoint: weights, optimizer moments, the torch
+RNG state, the epoch and the position in it. Batches are a function of (seed, epoch), so they are not saved.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from difformer import hub
+from difformer.config import Config, save_config
+from difformer.data.batching import token_batches
+from difformer.data.binarize import PairDataset
+from difformer.data.tokenizer import Tokenizer
+from difformer.diffusion.losses import difformer_loss
+from difformer.diffusion.schedule import Schedule
+from difformer.errors import DifformerError
+from difformer.generate import decode_ids
+from difformer.metrics import corpus_bleu
+from difformer.model.difformer import Difformer
+from difformer.precision import autocast, resolve_precision
+
+MAX_BAD_STEPS = 10  # non-finite updates in a row before training stops
+
+
+@dataclass
+class State:
+    """The part of a run that is not tensors; saved as state.json in every checkpoint."""
+    update: int = 0
+    epoch: int = 0
+    batch: int = 0  # next batch index within the epoch
+    seconds: float = 0.0  # training wall-clock so far, over all resumes
+    tokens: int = 0  # target tokens seen
+    best: list[list] = field(default_factory=list)  # [bleu, checkpoint name], best first
+    bad_steps: int = 0
+
+
+def collate(data: PairDataset, idx: list[int], tok: Tokenizer, max_len: int):
+    """(src, src_mask, tgt, tgt_mask): source x EOS, target BOS y EOS, padded, cut to max_len positions."""
+    srcs = [data.src(i)[: max_len - 1].tolist() + [tok.eos_id] for i in idx]
+    tgts = [[tok.bos_id] + data.tgt(i)[: max_len - 2].tolist() + [tok.eos_id] for i in idx]
+    return (*_pad(srcs, tok.pad_id), *_pad(tgts, tok.pad_id))
+
+
+def _pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out, out != pad
+
+
+def inverse_sqrt_lr(update: int, lr: float, warmup: int) -> float:
+    """Linear warmup to lr over `warmup` updates, then lr * sqrt(warmup / update)."""
+    if warmup == 0:
+        return lr
+    u = max(update, 1)
+    return lr * min(u / warmup, math.sqrt(warmup / u))
+
+
+def epoch_batches(data: PairDataset, cfg: Config, epoch: int) -> list[list[int]]:
+    limit = cfg.model.max_positions
+    src_lens = (data.src_lens.clip(max=limit - 1) + 1)  # + EOS
+    tgt_lens = (data.tgt_lens.clip(max=limit - 2) + 2)  # + BOS, EOS
+    return token_batches(src_lens, tgt_lens, cfg.train.max_tokens, seed=cfg.train.seed, epoch=epoch)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False, device: str = "cpu"):
+        self.cfg, t = cfg, cfg.train
+        self.device = torch.device(device)
+        self.save_dir = Path(t.save_dir)
+        self.ckpt_dir = self.save_dir / "checkpoints"
+        data = Path(t.data)
+        if not (data / "dataset.json").is_file():
+            raise DifformerError(f"{data}: no dataset.json; run `difformer prepare` first")
+        self.data_dir = data
+        self.tokenizer = Tokenizer(data / "tokenizer.model")
+        cfg.model.vocab_size = self.tokenizer.vocab_size
+        cfg.validate()
+        self.train_data = PairDataset(data, "train")
+        self.valid_data = PairDataset(data, "valid") if _has_split(data, "valid") else None
+        self.precision = resolve_precision(t.precision, self.device)
+        torch.manual_seed(t.seed)
+        self.model = Difformer(cfg.model).to(self.device)
+        self.schedule = Schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=tuple(t.betas),
+                                           weight_decay=t.weight_decay)
+        self.state = State()
+        self.stop_signal: str | None = None
+        self._last_log: dict = {}
+        self._tb = None
+        self._prepare_save_dir(resume)
+
+    def _prepare_save_dir(self, resume: bool) -> None:
+        last = self.ckpt_dir / "last.json"
+        if resume and last.exists():
+            self._load_checkpoint(self.ckpt_dir / json.loads(last.read_text())["checkpoint"])
+            return
+        if resume:
+            raise DifformerError(f"{self.save_dir}: nothing to resume (no checkpoints/last.json)")
+        if last.exists():
+            raise DifformerError(f"{self.save_dir}: holds a run already; pass --resume to continue it "
+                                 "or choose another train.save_dir")
+        try:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.save_dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise DifformerError(f"{self.save_dir}: cannot write there ({e.strerror})") from None
+        save_config(self.cfg, self.save_dir / "config.yaml")
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+
+    def _save_checkpoint(self, name: str) -> None:
+        """Write checkpoints/NAME/ (built aside, renamed), then point last.json at it atomically."""
+        final = self.ckpt_dir / name
+        tmp = self.ckpt_dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir(parents=True)
+            hub.save_weights(self.model.state_dict(), tmp / hub.WEIGHTS)
+            tensors, groups = _flatten_optimizer(self.optimizer.state_dict())
+            tensors["rng"] = torch.get_rng_state()
+            hub.save_weights(tensors, tmp / "trainer.safetensors")
+            hub.write_json(tmp / "state.json", {"state": self.state.__dict__, "param_groups": groups,
+                                               "config": self.cfg.to_dict()})
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            hub.write_json(self.ckpt_dir / "last.json", {"checkpoint": name, "update": self.state.update})
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DifformerError(f"{final}: checkpoint not written ({e.strerror}); the previous one is "
+                                 "kept in checkpoints/last.json") from None
+        keep = {n for _, n in self.state.best[: self.cfg.train.keep_best]} | {name}
+        for old in self.ckpt_dir.glob("update_*"):
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        meta = json.loads((path / "state.json").read_text())
+        saved = Config.from_dict(meta["config"], where=str(path / "state.json"))
+        diff = _config_diff(saved.to_dict(), self.cfg.to_dict(), ignore={"train.max_updates", "train.max_minutes"})
+        if diff:
+            raise DifformerError(f"{path}: resuming with a different config; differing keys: {', '.join(diff)}")
+        hub.load_state(self.model, hub.load_weights(path / hub.WEIGHTS), path / hub.WEIGHTS)
+        tensors = hub.load_weights(path / "trainer.safetensors")
+        torch.set_rng_state(tensors.pop("rng"))
+        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["param_groups"]))
+        self.state = State(**meta["state"])
+
+    # ---- validation --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Valid losses (fixed seed, so comparable across validations) and BLEU of a fast 1x1 decode."""
+        data, tok, cfg = self.valid_data, self.tokenizer, self.cfg
+        self.model.eval()
+        totals: dict[str, float] = {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            batches = epoch_batches(data, cfg, 0)
+            for idx in batches:
+                batch = [x.to(self.device) for x in collate(data, idx, tok, cfg.model.max_positions)]
+                with autocast(self.precision, self.device):
+                    _, stats = difformer_loss(self.model, self.schedule, cfg.diffusion, *batch)
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v / len(batches)
+        n = min(cfg.train.valid_bleu_sentences, len(data))
+        limit = cfg.model.max_positions - 1
+        sources = [data.src(i)[:limit].tolist() for i in range(n)]
+        refs = tok.decode([data.tgt(i).tolist() for i in range(n)])
+        decode_cfg = type(cfg.decode)(**{**cfg.decode.__dict__, "length_beam": 1, "noise_beam": 1})
+        hyps = decode_ids(self.model, self.schedule, tok, sources, decode_cfg, self.precision)
+        totals["bleu"] = corpus_bleu(hyps, refs).score
+        self.model.train()
+        return {f"valid_{k}": v for k, v in totals.items()}
+
+    def _validate_and_save(self) -> None:
+        name = f"update_{self.state.update:07d}"
+        if self.valid_data is not None:
+            stats = self.validate()
+            self._log(stats)
+            self.state.best.append([stats["valid_bleu"], name])
+            self.state.best.sort(key=lambda b: -b[0])
+            self.state.best = self.state.best[: self.cfg.train.keep_best]
+        self._save_checkpoint(name)
+
+    # ---- the loop ----------------------------------------------------------------------------------
+
+    def train(self) -> Path:
+        """Train until max_updates or max_minutes (or SIGINT/SIGTERM); return the final model directory."""
+        t, st = self.cfg.train, self.state
+        self.model.train()
+        batches = epoch_batches(self.train_data, self.cfg, st.epoch)
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = tqdm(total=t.max_updates, initial=st.update, desc="train", unit="upd", dynamic_ncols=True,
+                   disable=None)
+        clock, seconds0, window = time.monotonic(), st.seconds, _Window()
+        saved_at = st.update
+        try:
+            while st.update < t.max_updates and not self._out_of_time() and self.stop_signal is None:
+                stats, batches = self._update(batches, window)
+                st.seconds = seconds0 + time.monotonic() - clock
+                if stats is None:
+                    continue
+                bar.update(1)
+                if st.update % t.log_every == 0:
+                    self._log({**window.flush(st.seconds), "lr": self.optimizer.param_groups[0]["lr"]})
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                                    tok_s=f"{self._last_log.get('tokens_per_second', 0):.0f}")
+                if st.update % t.validate_every == 0:
+                    self._validate_and_save()
+                    saved_at = st.update
+            if st.update != saved_at:
+                self._validate_and_save()
+        finally:
+            bar.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        if self.stop_signal is not None:
+            print(f"stopped by {self.stop_signal} at update {st.update}; checkpoint saved. Continue with: "
+                  f"difformer train {self.save_dir / 'config.yaml'} --resume", file=sys.stderr)
+            return self.ckpt_dir
+        return self.finish()
+
+    def _update(self, batches: list[list[int]], window: "_Window"):
+        """One optimizer update over update_freq batches; returns (stats or None if skipped, batches)."""
+        t, st = self.cfg.train, self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        stats: dict[str, float] = {}
+        tokens = 0
+        for _ in range(t.update_freq):
+            if st.batch >= len(batches):
+                st.epoch, st.batch = st.epoch + 1, 0
+                batches = epoch_batches(self.train_data, self.cfg, st.epoch)
+            idx = batches[st.batch]
+            st.batch += 1
+            src, src_mask, tgt, tgt_mask = (x.to(self.device) for x in
+                                            collate(self.train_data, idx, self.tokenizer, self.cfg.model.max_positions))
+            with autocast(self.precision, self.device):
+                loss, s = difformer_loss(self.model, self.schedule, self.cfg.diffusion, src, src_mask, tgt, tgt_mask)
+            (loss / t.update_freq).backward()
+            for k, v in s.items():
+                stats[k] = stats.get(k, 0.0) + v / t.update_freq
+            tokens += int(tgt_mask.sum())
+        for g in self.optimizer.param_groups:
+            g["lr"] = inverse_sqrt_lr(st.update + 1, t.lr, t.warmup_updates)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_norm)
+        if not (math.isfinite(stats["loss"]) and torch.isfinite(gnorm)):
+            st.bad_steps += 1
+            self._log({"skipped_update": st.update + 1, "loss": stats["loss"], "grad_norm": float(gnorm)})
+            if st.bad_steps >= MAX_BAD_STEPS:
+                raise DifformerError(f"{st.bad_steps} updates in a row had a non-finite loss or gradient; "
+                                     f"stopped. The last good checkpoint is in {self.ckpt_dir}")
+            return None, batches
+        self.optimizer.step()
+        st.update += 1
+        st.bad_steps = 0
+        st.tokens += tokens
+        window.add(stats, float(gnorm), tokens)
+        return stats, batches
+
+    def _out_of_time(self) -> bool:
+        return self.cfg.train.max_minutes > 0 and self.state.seconds >= self.cfg.train.max_minutes * 60
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signal.Signals(signum).name
+
+    def _log(self, record: dict) -> None:
+        """Append to log.jsonl and TensorBoard."""
+        record = {"update": self.state.update, "epoch": self.state.epoch, **record}
+        self._last_log = record
+        with open(self.save_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(str(self.save_dir / "tb"))
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and k not in ("update", "epoch"):
+                self._tb.add_scalar(k, v, self.state.update)
+        self._tb.flush()
+
+    def finish(self) -> Path:
+        """Average the best k checkpoints by validation BLEU (or take the last) into save_dir/model."""
+        names = [n for _, n in self.state.best[: self.cfg.train.keep_best]]
+        if not names:
+            names = [json.loads((self.ckpt_dir / "last.json").read_text())["checkpoint"]]
+        states = [hub.load_weights(self.ckpt_dir / n / hub.WEIGHTS) for n in names]
+        averaged = {k: torch.stack([s[k].float() for s in states]).mean(0).to(states[0][k].dtype)
+                    for k in states[0]}
+        self.model.load_state_dict(averaged)
+        out = self.save_dir / "model"
+        hub.save_pretrained(self.model, self.cfg, self.data_dir / "tokenizer.model",
+                            self.data_dir / "dataset.json", out)
+        self._log({"averaged": names, "model": str(out)})
+        return out
+
+
+class _Window:
+    """Running means of the training stats between two log lines, and the tokens per second."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.n = self.tokens = 0
+        self.start = time.monotonic()
+
+    def add(self, stats: dict[str, float], grad_norm: float, tokens: int) -> None:
+        for k, v in {**stats, "grad_norm": grad_norm}.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+        self.tokens += tokens
+
+    def flush(self, seconds: float) -> dict[str, float]:
+        now = time.monotonic()
+        out = {k: v / max(self.n, 1) for k, v in self.sums.items()}
+        out["tokens_per_second"] = self.tokens / max(now - self.start, 1e-9)
+        out["seconds"] = seconds
+        self.sums, self.n, self.tokens, self.start = {}, 0, 0, now
+        return out
+
+
+def _has_split(data: Path, split: str) -> bool:
+    info = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
+    return split in info.get("splits", {}) and info["splits"][split].get("pairs", 0) > 0
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    tensors = {f"{i}.{k}": torch.as_tensor(v) for i, s in sd["state"].items() for k, v in s.items()}
+    return tensors, sd["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = v
+    for g in groups:
+        g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def _config_diff(a: dict, b: dict, ignore: set[str], prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        name = f"{prefix}{k}"
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            keys += _config_diff(a[k], b[k], ignore, f"{name}.")
+        elif a.get(k) != b.get(k) and name not in ignore:
+            keys.append(name)
+    return keys
+
+
+def train(cfg: Config, resume: bool = False, device: str = "cpu") -> Path:
+    return Trainer(cfg, resume=resume, device=device).train()

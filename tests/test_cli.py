@@ -1,0 +1,76 @@
+"""The command line: train, generate and evaluate end to end, and their errors."""
+import subprocess
+import sys
+
+import pytest
+
+from difformer.cli import main
+
+
+def run_cli(*args, stdin: bytes | None = None):
+    return subprocess.run([sys.executable, "-m", "difformer.cli", *map(str, args)], input=stdin,
+                          capture_output=True, timeout=300)
+
+
+def test_every_subcommand_has_help(capsys):
+    for command in ("prepare", "train", "generate", "evaluate", "quickstart"):
+        with pytest.raises(SystemExit) as e:
+            main([command, "--help"])
+        assert e.value.code == 0
+        assert "usage: difformer " + command in capsys.readouterr().out
+
+
+def test_generate_writes_one_line_per_input_line(trained_model, tmp_path):
+    lines = ["red cat", "", "blue sun moon", "  ", "tree " * 200, "stone \x07 fire 🔥 мир 世界"]
+    src = tmp_path / "in.txt"
+    src.write_bytes(("\n".join(lines)).encode() + b"\n\xff\xfe bad bytes")  # no final newline
+    out = tmp_path / "out.txt"
+    r = run_cli("generate", "--model", trained_model, "--input", src, "--output", out, "--steps", "5")
+    assert r.returncode == 0, r.stderr.decode()
+    hyps = out.read_text(encoding="utf-8").split("\n")
+    assert hyps[-1] == "" and len(hyps) - 1 == len(lines) + 1
+    assert hyps[1] == "" and hyps[3] == ""
+    err = r.stderr.decode()
+    assert "invalid UTF-8 replaced on line(s) 7" in err
+    assert "cut to 31 tokens, line(s) 5" in err
+    assert "sentences/s" in err and "NFE=5" in err
+
+
+def test_generate_reads_stdin_and_is_deterministic(trained_model):
+    a = run_cli("generate", "--model", trained_model, "--seed", "7", stdin=b"red cat\nsun\n")
+    b = run_cli("generate", "--model", trained_model, "--seed", "7", "--length-beam", "1", stdin=b"red cat\nsun\n")
+    assert a.returncode == 0 and a.stdout == b.stdout and len(a.stdout.decode().splitlines()) == 2
+
+
+def test_generate_with_candidates_and_mbr(trained_model):
+    r = run_cli("generate", "--model", trained_model, "--length-beam", "3", "--noise-beam", "2",
+                "--selection", "mbr", "--sampler", "ddim", "--early-stop", "3", stdin=b"red cat\nsun moon\n")
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(r.stdout.decode().splitlines()) == 2 and "candidates=3x2" in r.stderr.decode()
+
+
+def test_evaluate_files_and_split(trained_model, tmp_path, tiny_data):
+    hyp, ref = tmp_path / "hyp", tmp_path / "ref"
+    hyp.write_text("the cat sat on the mat\na dog runs in the park\n")
+    ref.write_text("the cat sat on the mat\na dog runs in the park\n")
+    r = run_cli("evaluate", "--hyp", hyp, "--ref", ref, "--metric", "bleu", "--metric", "rouge")
+    out = r.stdout.decode()
+    assert r.returncode == 0 and "BLEU = 100.00" in out and "nrefs:1" in out and "ROUGE-L" in out.replace("rougeL", "ROUGE-L")
+    ref.write_text("only one line\n")
+    r = run_cli("evaluate", "--hyp", hyp, "--ref", ref)
+    assert r.returncode == 2 and "has 2 lines" in r.stderr.decode() and len(r.stderr.decode().splitlines()) == 1
+    r = run_cli("evaluate", "--model", trained_model, "--data", tiny_data, "--split", "test", "--steps", "5",
+                "--output", tmp_path / "test.hyp")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().startswith("BLEU = ") and "60 sentences" in r.stderr.decode()
+    assert len((tmp_path / "test.hyp").read_text().splitlines()) == 60
+
+
+def test_train_errors_are_one_line(tmp_path):
+    r = run_cli("train", "quickstart", f"train.data={tmp_path}", f"train.save_dir={tmp_path / 'run'}")
+    assert r.returncode == 2 and "no dataset.json" in r.stderr.decode()
+    assert len(r.stderr.decode().strip().splitlines()) == 1
+    r = run_cli("train", "quickstart", "train.lr=fast")
+    assert r.returncode == 2 and "train.lr: expected a number" in r.stderr.decode()
+    r = run_cli("train", "nosuchpreset")
+    assert r.returncode == 2 and "quickstart" in r.stderr.decode()

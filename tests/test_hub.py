@@ -1,0 +1,70 @@
+"""Model directories: save/load equality, and safe refusal of anything that is not ours."""
+import json
+import shutil
+
+import pytest
+import torch
+
+import difformer
+from difformer.errors import DifformerError
+from difformer.hub import from_pretrained, save_pretrained
+
+
+@pytest.fixture
+def model_dir(trained_model, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(trained_model, copy)
+    return copy
+
+
+def test_save_then_load_gives_identical_weights_and_outputs(model_dir, tmp_path):
+    model, config, tok = from_pretrained(model_dir)
+    again = tmp_path / "again"
+    save_pretrained(model, config, model_dir / "tokenizer.model", model_dir / "dataset.json", again)
+    model2, config2, tok2 = from_pretrained(again)
+    assert config2.to_dict() == config.to_dict() and tok2.vocab_size == tok.vocab_size
+    for (k, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
+        assert torch.equal(a, b), k
+    texts = ["red cat blue", "sun moon"]
+    assert difformer.load(model_dir).generate(texts, seed=3) == difformer.load(again).generate(texts, seed=3)
+
+
+def test_pickle_file_is_refused(model_dir):
+    (model_dir / "model.pt").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(DifformerError, match="pickle"):
+        from_pretrained(model_dir)
+
+
+def test_truncated_or_tampered_weights_give_one_clear_error(model_dir):
+    weights = model_dir / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DifformerError, match="safetensors"):
+        from_pretrained(model_dir)
+    weights.write_bytes(b"\xff" * 64)
+    with pytest.raises(DifformerError, match="safetensors"):
+        from_pretrained(model_dir)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["model"].update(bogus=1), "unknown key"),
+    (lambda c: c["model"].update(d_model="big"), "expected int"),
+    (lambda c: c["model"].update(n_heads=5), "divisible"),
+    (lambda c: c["model"].update(vocab_size=c["model"]["vocab_size"] + 1), "tokenizer"),
+    (lambda c: c["model"].update(d_model=32, n_heads=4), "shape"),
+])
+def test_bad_configs_are_refused(model_dir, edit, message):
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+    with pytest.raises(DifformerError, match=message):
+        from_pretrained(model_dir)
+
+
+def test_missing_files_are_named(model_dir, tmp_path):
+    (model_dir / "tokenizer.model").unlink()
+    with pytest.raises(DifformerError, match="tokenizer.model"):
+        from_pretrained(model_dir)
+    with pytest.raises(DifformerError, match="no such model directory"):
+        from_pretrained(tmp_path / "nowhere")

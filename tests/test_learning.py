@@ -1,0 +1,51 @@
+"""A tiny Difformer learns to reverse sequences: >= 95% token accuracy, decoded with the real sampler."""
+import torch
+
+from difformer.config import DecodeConfig, DiffusionConfig, ModelConfig
+from difformer.diffusion.losses import difformer_loss
+from difformer.diffusion.sampling import generate_candidates
+from difformer.diffusion.schedule import Schedule
+from difformer.model.difformer import Difformer
+
+PAD, BOS, EOS, FIRST, V = 0, 2, 3, 4, 14
+
+
+def reversal_batch(n: int, g: torch.Generator):
+    lengths = torch.randint(3, 9, (n,), generator=g).tolist()
+    S = max(lengths) + 1
+    src, tgt = torch.full((n, S), PAD), torch.full((n, S + 1), PAD)
+    for i, l in enumerate(lengths):
+        x = torch.randint(FIRST, V, (l,), generator=g)
+        src[i, :l], src[i, l] = x, EOS
+        tgt[i, 0], tgt[i, 1:l + 1], tgt[i, l + 1] = BOS, x.flip(0), EOS
+    return src, src != PAD, tgt, tgt != PAD
+
+
+def test_tiny_model_learns_reversal():
+    torch.manual_seed(0)
+    model = Difformer(ModelConfig(vocab_size=V, embed_dim=16, d_model=64, n_heads=4, ffn_dim=256, enc_layers=2,
+                                  dec_layers=2, dropout=0.0, max_positions=16))
+    schedule, diffusion = Schedule("sqrt", 2000), DiffusionConfig()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0.01)
+    g = torch.Generator().manual_seed(1)
+    first = None
+    for step in range(700):
+        for group in opt.param_groups:
+            group["lr"] = 1e-3 * min(1.0, (step + 1) / 100)
+        loss, stats = difformer_loss(model, schedule, diffusion, *reversal_batch(64, g))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        first = first or stats["loss"]
+    assert stats["loss"] < first / 2
+
+    model.eval()
+    src, src_mask, tgt, tgt_mask = reversal_batch(200, torch.Generator().manual_seed(99))
+    out = generate_candidates(model, schedule, src, src_mask, DecodeConfig(steps=20),
+                              torch.Generator().manual_seed(0))
+    tokens = out.tokens[:, 0]
+    L = min(tokens.shape[1], tgt.shape[1])
+    correct = ((tokens[:, :L] == tgt[:, :L]) & tgt_mask[:, :L]).sum().item()
+    accuracy = correct / tgt_mask.sum().item()
+    assert accuracy >= 0.95, f"token accuracy {accuracy:.3f}"

@@ -1,0 +1,93 @@
+"""The denoiser's structure: length classes, bidirectional decoding, padding invariance, sampler behaviour."""
+import torch
+
+from difformer.config import DecodeConfig, ModelConfig
+from difformer.diffusion.sampling import generate_candidates
+from difformer.diffusion.schedule import Schedule
+from difformer.model.difformer import Difformer, length_targets, predict_lengths
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=20, embed_dim=8, d_model=16, n_heads=2, ffn_dim=32, enc_layers=2, dec_layers=2,
+               dropout=0.0, max_positions=32)
+    return Difformer(ModelConfig(**{**cfg, **kw})).eval()
+
+
+def test_length_classes_are_offsets_clamped_to_range():
+    src = torch.tensor([10, 10, 10, 300])
+    tgt = torch.tensor([10, 14, 5, 2])
+    assert length_targets(src, tgt, 256).tolist() == [128, 132, 123, 0]
+    assert length_targets(torch.tensor([1]), torch.tensor([400]), 256).tolist() == [255]
+
+
+def test_predicted_lengths_centre_the_beam_on_the_argmax():
+    logits = torch.full((2, 256), -10.0)
+    logits[0, 130] = 5.0  # +2 over the source length
+    logits[1, 126] = 5.0  # -2
+    lengths = predict_lengths(logits, torch.tensor([10, 3]), beam=3, max_len=64)
+    assert lengths.tolist() == [[11, 12, 13], [2, 2, 2]]  # clamped to BOS + EOS at least
+
+
+def test_decoder_is_bidirectional():
+    model = tiny()
+    src = torch.tensor([[4, 5, 6, 3]])
+    memory, _ = model.encode(src, src != 0)
+    z = torch.randn(1, 6, 8)
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    t = torch.tensor([500.0])
+    out = model.denoise(z, torch.zeros_like(z), t, mask, memory, src != 0)
+    z2 = z.clone()
+    z2[0, 5] += 3.0  # change the last position only
+    out2 = model.denoise(z2, torch.zeros_like(z), t, mask, memory, src != 0)
+    assert not torch.allclose(out[0, 0], out2[0, 0])  # the first position sees it: no causal mask
+
+
+def test_padding_does_not_change_real_positions():
+    model = tiny()
+    src = torch.tensor([[4, 5, 6, 3]])
+    padded = torch.tensor([[4, 5, 6, 3, 0, 0]])
+    m1, l1 = model.encode(src, src != 0)
+    m2, l2 = model.encode(padded, padded != 0)
+    assert torch.allclose(m1, m2[:, :4], atol=1e-5) and torch.allclose(l1, l2, atol=1e-5)
+    z = torch.randn(1, 5, 8)
+    zp = torch.cat([z, torch.randn(1, 3, 8)], 1)
+    t = torch.tensor([100.0])
+    out = model.denoise(z, torch.zeros_like(z), t, torch.ones(1, 5, dtype=torch.bool), m1, src != 0)
+    mask = torch.tensor([[True] * 5 + [False] * 3])
+    outp = model.denoise(zp, torch.zeros_like(zp), t, mask, m2, padded != 0)
+    assert torch.allclose(out, outp[:, :5], atol=1e-5)
+
+
+def test_post_ln_and_pre_ln_both_build_and_differ():
+    a, b = tiny(norm_first=False), tiny(norm_first=True)
+    src = torch.tensor([[4, 5, 3]])
+    assert not torch.allclose(a.encode(src, src != 0)[0], b.encode(src, src != 0)[0])
+
+
+def test_candidates_have_the_promised_shapes_and_are_deterministic_under_a_seed():
+    model, schedule = tiny(), Schedule("sqrt", 2000)
+    src = torch.tensor([[4, 5, 6, 3], [7, 3, 0, 0]])
+    cfg = DecodeConfig(steps=5, length_beam=3, noise_beam=2)
+    run = lambda seed: generate_candidates(model, schedule, src, src != 0, cfg, torch.Generator().manual_seed(seed))
+    a, b, c = run(0), run(0), run(1)
+    assert a.tokens.shape[:2] == (2, 6) and a.lengths.shape == (2, 6) and a.scores.shape == (2, 6)
+    assert a.tokens.shape[2] == int(a.lengths.max())
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.scores, b.scores)
+    assert not torch.equal(a.scores, c.scores)
+    # three lengths around the prediction, each with two noises
+    assert (a.lengths[:, 1::2] - a.lengths[:, 0::2]).abs().sum() == 0
+    assert torch.all(a.scores <= 0)
+
+
+def test_early_stop_and_ddim_and_clamp_run():
+    model, schedule = tiny(), Schedule("sqrt", 2000)
+    src = torch.tensor([[4, 5, 6, 3]])
+    for cfg in (DecodeConfig(steps=10, early_stop=4), DecodeConfig(steps=4, sampler="ddim"),
+                DecodeConfig(steps=4, clamp=True)):
+        out = generate_candidates(model, schedule, src, src != 0, cfg, torch.Generator().manual_seed(0))
+        assert out.tokens.shape[:2] == (1, 1)
+    ddim = DecodeConfig(steps=4, sampler="ddim")
+    one = generate_candidates(model, schedule, src, src != 0, ddim, torch.Generator().manual_seed(0))
+    two = generate_candidates(model, schedule, src, src != 0, ddim, torch.Generator().manual_seed(0))
+    assert torch.equal(one.tokens, two.tokens)

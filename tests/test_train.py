@@ -1,0 +1,90 @@
+"""Training: exact resume, learning, checkpoint bookkeeping, budgets and guards."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from difformer import train as train_module
+from difformer.errors import DifformerError
+from difformer.train import Trainer, inverse_sqrt_lr, train
+from fixtures_train import tiny_config
+
+
+def test_inverse_sqrt_schedule():
+    assert inverse_sqrt_lr(50, 1e-3, 100) == pytest.approx(5e-4)
+    assert inverse_sqrt_lr(100, 1e-3, 100) == pytest.approx(1e-3)
+    assert inverse_sqrt_lr(400, 1e-3, 100) == pytest.approx(5e-4)
+    assert inverse_sqrt_lr(7, 1e-3, 0) == 1e-3
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    straight = tmp_path / "straight"
+    train(tiny_config(tiny_data, straight, max_updates=20))
+    halves = tmp_path / "halves"
+    train(tiny_config(tiny_data, halves, max_updates=10))
+    train(tiny_config(tiny_data, halves, max_updates=20), resume=True)
+    for name in ("model.safetensors", "trainer.safetensors"):
+        a = load_file(straight / "checkpoints" / "update_0000020" / name)
+        b = load_file(halves / "checkpoints" / "update_0000020" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
+    sa = json.loads((straight / "checkpoints" / "update_0000020" / "state.json").read_text())["state"]
+    sb = json.loads((halves / "checkpoints" / "update_0000020" / "state.json").read_text())["state"]
+    assert (sa["epoch"], sa["batch"], sa["tokens"], sa["best"]) == (sb["epoch"], sb["batch"], sb["tokens"], sb["best"])
+
+
+def test_training_learns_and_keeps_best_and_last(trained_model):
+    run = trained_model.parent
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    train_loss = [r["loss"] for r in log if "loss" in r and "skipped_update" not in r]
+    valid = [r for r in log if "valid_bleu" in r]
+    assert train_loss[-1] < 0.6 * train_loss[0]
+    assert valid[-1]["valid_loss"] < valid[0]["valid_loss"]
+    assert valid[-1]["valid_acc"] > valid[0]["valid_acc"]
+    kept = sorted(p.name for p in (run / "checkpoints").glob("update_*"))
+    last = json.loads((run / "checkpoints" / "last.json").read_text())["checkpoint"]
+    assert last == "update_0000150" and last in kept and len(kept) <= 3
+    assert sorted(p.name for p in trained_model.iterdir()) == [
+        "config.json", "dataset.json", "model.safetensors", "tokenizer.model"]
+    assert (run / "tb").is_dir() and any((run / "tb").iterdir())
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_run(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, tmp_path / "r", max_updates=2, validate_every=2))
+    with pytest.raises(DifformerError, match="--resume"):
+        Trainer(tiny_config(tiny_data, tmp_path / "r"))
+    with pytest.raises(DifformerError, match="nothing to resume"):
+        Trainer(tiny_config(tiny_data, tmp_path / "empty"), resume=True)
+
+
+def test_resume_with_another_config_names_the_keys(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, tmp_path / "r", max_updates=2, validate_every=2))
+    cfg = tiny_config(tiny_data, tmp_path / "r", lr=1e-4)
+    cfg.model.d_model = 32
+    with pytest.raises(DifformerError, match=r"model\.d_model, train\.lr"):
+        Trainer(cfg, resume=True)
+
+
+def test_wall_clock_budget_stops_training(tiny_data, tmp_path):
+    out = train(tiny_config(tiny_data, tmp_path / "r", max_updates=10_000, max_minutes=0.002))
+    state = json.loads((tmp_path / "r" / "checkpoints" / "last.json").read_text())
+    assert 1 <= state["update"] < 10_000 and (out / "model.safetensors").exists()
+
+
+def test_non_finite_losses_skip_updates_then_stop(tiny_data, tmp_path, monkeypatch):
+    real = train_module.difformer_loss
+
+    def nan_loss(*args):
+        loss, stats = real(*args)
+        return loss * float("nan"), {**stats, "loss": float("nan")}
+
+    monkeypatch.setattr(train_module, "difformer_loss", nan_loss)
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "r", max_updates=50))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(DifformerError, match="10 updates in a row"):
+        trainer.train()
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    skipped = [json.loads(l) for l in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert sum("skipped_update" in r for r in skipped) == 10
