@@ -21,7 +21,7 @@ def quickstart(workdir: str | Path, minutes: float = 5.0, seed: int = 1) -> floa
     print(f"[2/4] preparing it into {data}")
     info = prepare(source_lang="fr", target_lang="en", trainpref=str(corpus / "train"),
                    validpref=str(corpus / "valid"), testpref=str(corpus / "test"), destdir=str(data),
-                   vocab_size=1000, force=True, seed=seed)
+                   vocab_size=500, force=True, seed=seed)
     print(format_summary(info))
     print(f"[3/4] training for at most {minutes:g} minutes into {run}")
     shutil.rmtree(run, ignore_errors=True)

@@ -293,18 +293,27 @@ class Trainer:
         self._tb.flush()
 
     def finish(self) -> Path:
-        """Average the best k checkpoints by validation BLEU (or take the last) into save_dir/model."""
+        """Write save_dir/model: the average of the best k checkpoints by validation BLEU, unless the best
+        single checkpoint validates better (in a short run the early checkpoints drag the average down)."""
         names = [n for _, n in self.state.best[: self.cfg.train.keep_best]]
         if not names:
             names = [json.loads((self.ckpt_dir / "last.json").read_text())["checkpoint"]]
         states = [hub.load_weights(self.ckpt_dir / n / hub.WEIGHTS) for n in names]
-        averaged = {k: torch.stack([s[k].float() for s in states]).mean(0).to(states[0][k].dtype)
-                    for k in states[0]}
-        self.model.load_state_dict(averaged)
+        chosen = {"model": names[0]}
+        if len(states) > 1:
+            averaged = {k: torch.stack([s[k].float() for s in states]).mean(0).to(states[0][k].dtype)
+                        for k in states[0]}
+            self.model.load_state_dict(averaged)
+            bleu = self.validate()["valid_bleu"]
+            chosen = {"model": f"average of {', '.join(names)}", "valid_bleu": bleu}
+            if bleu < self.state.best[0][0]:
+                chosen = {"model": names[0], "valid_bleu": self.state.best[0][0], "average_valid_bleu": bleu}
+        if not chosen["model"].startswith("average"):
+            self.model.load_state_dict(states[0])
         out = self.save_dir / "model"
         hub.save_pretrained(self.model, self.cfg, self.data_dir / "tokenizer.model",
                             self.data_dir / "dataset.json", out)
-        self._log({"averaged": names, "model": str(out)})
+        self._log({"final": chosen, "directory": str(out)})
         return out
 
 
