@@ -1,0 +1,131 @@
+"""Multi30k De->En on CPU: train a preset for a wall-clock budget, decode test2016, record BLEU and speed.
+
+    python bench/multi30k.py                      # 25 minutes of configs multi30k, the README's row
+    python bench/multi30k.py --minutes 120        # the long run
+    python bench/multi30k.py --tag lr2e-3 train.lr=2e-3   # an experiment, recorded under its tag
+
+Resumable: a finished run is recorded in results/multi30k.json and skipped next time; a killed run
+continues from its last checkpoint. One training at a time: two on 2 cores distort both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import command, load_results, machine, save_results, timed  # noqa: E402
+
+from difformer.config import load_config  # noqa: E402
+from difformer.data.prepare import prepare  # noqa: E402
+from difformer.generate import load  # noqa: E402
+from difformer.metrics import corpus_bleu  # noqa: E402
+from difformer.train import train  # noqa: E402
+
+HERE = Path(__file__).parent
+PRIMARY = "multi30k-25min"
+
+
+def prepared(data: Path, work: Path) -> Path:
+    dest = work / "multi30k-de-en"
+    if not (dest / "dataset.json").exists():
+        prepare(source_lang="de", target_lang="en", trainpref=str(data / "train"), validpref=str(data / "valid"),
+                testpref=str(data / "test"), destdir=str(dest), vocab_size=8000, force=True)
+    return dest
+
+
+def decode_test(model_dir: Path, data: Path, settings: list[str]) -> list[dict]:
+    pipe = load(model_dir)
+    sources = (data / "test.de").read_text(encoding="utf-8").splitlines()
+    refs = (data / "test.en").read_text(encoding="utf-8").splitlines()
+    rows = []
+    for setting in settings:
+        l, n = map(int, setting.split("x"))
+        with timed() as t:
+            hyps = pipe.generate(sources, length_beam=l, noise_beam=n)
+        cfg = pipe.decode_config(length_beam=l, noise_beam=n)
+        bleu = corpus_bleu(hyps, refs)
+        rows.append({"setting": cfg.describe(), "candidates": setting, "sacrebleu": round(bleu.score, 2),
+                     "signature": bleu.signature, "nfe": cfg.nfe, "precision": pipe.precision,
+                     "decode_seconds": round(t["wall"], 1),
+                     "decode_sentences_per_second": round(len(sources) / t["wall"], 1)})
+        print(f"  {setting}: BLEU {bleu.score:.2f}, {len(sources) / t['wall']:.1f} sentences/s", flush=True)
+    return rows
+
+
+def run_record(run: Path, rows: list[dict], train_time: dict | None) -> dict:
+    last = json.loads((run / "checkpoints" / "last.json").read_text())
+    state = json.loads((run / "checkpoints" / last["checkpoint"] / "state.json").read_text())["state"]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    curve = [[round(r["seconds"] / 60, 2), round(r["valid_bleu"], 2)] for r in _with_seconds(log)]
+    first = rows[0]
+    return {"sacrebleu": first["sacrebleu"], "signature": first["signature"], "updates": state["update"],
+            "train_minutes": round(state["seconds"] / 60, 1),
+            "train_cpu_minutes": round(train_time["cpu"] / 60, 1) if train_time else None,
+            "train_tokens_per_second": round(state["tokens"] / state["seconds"]),
+            "decode_sentences_per_second": first["decode_sentences_per_second"], "nfe": first["nfe"],
+            "results": rows, "valid_bleu_curve": curve, "final_model": log[-1].get("final"),
+            "machine": machine(), "command": command()}
+
+
+def _with_seconds(log: list[dict]) -> list[dict]:
+    """Validation records with the training clock of the log line before them."""
+    seconds, out = 0.0, []
+    for r in log:
+        seconds = r.get("seconds", seconds)
+        if "valid_bleu" in r:
+            out.append({**r, "seconds": seconds})
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = ["# Multi30k De->En (test2016), trained on this CPU for a wall-clock budget", "",
+             "| run | train min (CPU min) | updates | train tok/s | decoding | NFE | sacreBLEU | sent/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for tag, r in results.get("runs", {}).items():
+        for row in r["results"]:
+            lines.append(f"| {tag} | {r['train_minutes']} ({r['train_cpu_minutes']}) | {r['updates']} | "
+                         f"{r['train_tokens_per_second']} | {row['candidates']} {row['setting'].split(' NFE')[0]} | "
+                         f"{row['nfe']} | {row['sacrebleu']} | {row['decode_sentences_per_second']} |")
+    any_run = next(iter(results.get("runs", {}).values()), None)
+    if any_run:
+        lines += ["", f"sacreBLEU signature: `{any_run['signature']}`", f"Machine: {any_run['machine']}", ""]
+        lines += [f"- `{tag}`: `{r['command']}`" for tag, r in results["runs"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
+    p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "multi30k")
+    p.add_argument("--work", type=Path, default=HERE / "work")
+    p.add_argument("--config", default="multi30k")
+    p.add_argument("--minutes", type=float, default=25.0)
+    p.add_argument("--tag", help="name of the run in the results (default: multi30k-<minutes>min)")
+    p.add_argument("--settings", default="1x1,7x3", help="length x noise beams to decode test with")
+    args = p.parse_args()
+    tag = args.tag or f"multi30k-{args.minutes:g}min"
+    results = load_results("multi30k")
+    if tag in results.get("runs", {}):
+        print(f"{tag}: already recorded in bench/results/multi30k.json; delete it there to rerun")
+        return
+    data = prepared(args.data, args.work)
+    run = args.work / "runs" / tag
+    cfg = load_config(args.config, [f"train.data={data}", f"train.save_dir={run}",
+                                    f"train.max_minutes={args.minutes}", *args.overrides])
+    train_time = None
+    if not (run / "model" / "model.safetensors").exists():
+        with timed() as train_time:
+            train(cfg, resume=(run / "checkpoints" / "last.json").exists())
+    record = run_record(run, decode_test(run / "model", args.data, args.settings.split(",")), train_time)
+    record["overrides"] = args.overrides
+    results.setdefault("runs", {})[tag] = record
+    if tag == PRIMARY:
+        results.update({k: v for k, v in record.items() if k != "valid_bleu_curve"})
+    save_results("multi30k", results, markdown(results))
+    print(f"{tag}: test2016 sacreBLEU {record['sacrebleu']} after {record['updates']} updates")
+
+
+if __name__ == "__main__":
+    main()
