@@ -88,3 +88,9 @@ def test_non_finite_losses_skip_updates_then_stop(tiny_data, tmp_path, monkeypat
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     skipped = [json.loads(l) for l in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     assert sum("skipped_update" in r for r in skipped) == 10
+
+
+def test_gradient_accumulation_takes_update_freq_batches_per_update(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, tmp_path / "r", max_updates=3, validate_every=3, update_freq=2))
+    state = json.loads((tmp_path / "r" / "checkpoints" / "update_0000003" / "state.json").read_text())["state"]
+    assert state["update"] == 3 and (state["epoch"], state["batch"]) == (0, 6)

@@ -1,0 +1,79 @@
+"""The speed / quality curve of decoding: BLEU and sentences per second on Multi30k test2016 for steps in
+{5, 10, 20}, early stopping on and off, and length x noise beams {1x1, 3x1, 3x3, 7x3}; plus fp32 vs bf16.
+
+    python bench/decoding.py --model bench/work/runs/multi30k-25min/model
+
+Resumable: each finished setting is recorded in results/decoding.json and skipped next time.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import command, load_results, machine, save_results, timed  # noqa: E402
+
+from difformer.generate import load  # noqa: E402
+from difformer.metrics import corpus_bleu  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def settings() -> list[dict]:
+    grid = []
+    for steps in (5, 10, 20):
+        for early in (0, round(steps * 0.75)):  # the published runs stop after 15 of 20 steps
+            for beams in ("1x1", "3x1", "3x3", "7x3"):
+                l, n = map(int, beams.split("x"))
+                grid.append({"steps": steps, "early_stop": early, "length_beam": l, "noise_beam": n})
+    return grid
+
+
+def markdown(results: dict) -> str:
+    rows = sorted(results["rows"].values(), key=lambda r: (r["precision"], r["nfe"], -r["sacrebleu"]))
+    lines = ["# Decoding: quality against speed (Multi30k test2016, 1,000 sentences)", "",
+             f"Model: `{results['model']}`. Batch: all sentences, sorted by length, batched by "
+             "decode.max_tokens. Selection: the model's own mean token log-probability.", "",
+             "| precision | steps | early stop | candidates | NFE | sacreBLEU | sentences/s |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['precision']} | {r['steps']} | {r['early_stop'] or 'off'} | {r['candidates']} | {r['nfe']} | "
+              f"{r['sacrebleu']} | {r['sentences_per_second']} |" for r in rows]
+    lines += ["", f"sacreBLEU signature: `{rows[0]['signature']}`" if rows else "", f"Machine: {results['machine']}",
+              f"Command: `{results['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=HERE / "work" / "runs" / "multi30k-25min" / "model")
+    p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "multi30k")
+    p.add_argument("--precision", default="bf16,fp32", help="comma-separated; fp32 runs the 1x1 and 7x3 rows only")
+    args = p.parse_args()
+    sources = (args.data / "test.de").read_text(encoding="utf-8").splitlines()
+    refs = (args.data / "test.en").read_text(encoding="utf-8").splitlines()
+    results = load_results("decoding")
+    results.update({"model": str(args.model), "machine": machine(), "command": command()})
+    results.setdefault("rows", {})
+    for precision in args.precision.split(","):
+        pipe = load(args.model, precision=precision)
+        for s in settings():
+            beams = f"{s['length_beam']}x{s['noise_beam']}"
+            if precision == "fp32" and (beams not in ("1x1", "7x3") or s["early_stop"]):
+                continue
+            key = f"{precision} steps={s['steps']} early={s['early_stop']} {beams}"
+            if key in results["rows"]:
+                continue
+            with timed() as t:
+                hyps = pipe.generate(sources, **s)
+            bleu = corpus_bleu(hyps, refs)
+            cfg = pipe.decode_config(**s)
+            results["rows"][key] = {**s, "precision": precision, "candidates": beams, "nfe": cfg.nfe,
+                                    "sacrebleu": round(bleu.score, 2), "signature": bleu.signature,
+                                    "sentences_per_second": round(len(sources) / t["wall"], 1),
+                                    "cpu_seconds": round(t["cpu"], 1)}
+            print(f"{key}: BLEU {bleu.score:.2f}, {len(sources) / t['wall']:.1f} sent/s", flush=True)
+            save_results("decoding", results, markdown(results))
+
+
+if __name__ == "__main__":
+    main()
