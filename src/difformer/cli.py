@@ -1,7 +1,9 @@
 """The `difformer` command: prepare, train, generate, evaluate, quickstart.
 
 Argument names follow fairseq where a fairseq habit exists (--source-lang, --trainpref, --destdir,
---max-tokens). Every user error is a DifformerError, printed as one line with exit code 2.
+--max-tokens). Every user error is a DifformerError, printed as one line with exit code 2. A training run
+stopped by SIGINT/SIGTERM saves a checkpoint and exits 130/143 (128 + signal), so that `train && evaluate`
+does not go on with an unfinished model; see docs/robustness.md.
 """
 from __future__ import annotations
 
@@ -67,16 +69,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train)
 
 
-def _run_train(args: argparse.Namespace) -> None:
+def _run_train(args: argparse.Namespace) -> int:
+    import signal
+
     from difformer.config import load_config
-    from difformer.train import train
+    from difformer.train import Trainer
 
     cfg = load_config(args.config, args.overrides)
     if not cfg.train.data or not cfg.train.save_dir:
         raise DifformerError("set train.data (a prepared directory) and train.save_dir, "
                              "e.g. train.data=data/m30k train.save_dir=runs/m30k")
-    out = train(cfg, resume=args.resume, device=args.device)
+    trainer = Trainer(cfg, resume=args.resume, device=args.device)
+    out = trainer.train()
+    if trainer.stop_signal is not None:  # checkpoint saved and the resume command printed by the trainer
+        return 128 + signal.Signals[trainer.stop_signal].value
     print(f"model directory: {out}")
+    return 0
 
 
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
@@ -119,8 +127,11 @@ def _run_generate(args: argparse.Namespace) -> None:
     import time
 
     from difformer.generate import load, read_lines
+    from difformer.hub import check_writable
 
-    pipe = load(args.model, device=args.device, precision=args.precision)
+    if args.output:
+        check_writable(args.output)  # before loading and decoding, not after
+    pipe = load(args.model, device=args.device, precision=args.precision)  # before stdin: fail fast
     options = _decoding_options(args)
     cfg = pipe.decode_config(**options)
     lines, bad = read_lines(args.input)
@@ -132,16 +143,30 @@ def _run_generate(args: argparse.Namespace) -> None:
     if pipe.truncated:
         print(f"warning: {len(pipe.truncated)} input(s) cut to {pipe.config.model.max_positions - 1} tokens, "
               f"line(s) {_ranges([i + 1 for i in pipe.truncated])}", file=sys.stderr)
-    text = "".join(o.replace("\n", " ") + "\n" for o in outputs)
-    if args.output:
-        from difformer.hub import write_atomic
+    _write_lines(outputs, args.output)
+    print(f"{len(lines)} sentences in {seconds:.2f}s ({len(lines) / max(seconds, 1e-9):.1f} sentences/s); "
+          f"{cfg.describe()} precision={pipe.precision}", file=sys.stderr)
 
-        write_atomic(Path(args.output), lambda p: p.write_text(text, encoding="utf-8"))
+
+def _write_lines(outputs: list[str], path: str | None) -> None:
+    """One line per output, whatever the outputs hold: line breaks inside an output become spaces (with a
+    warning), so that line N of the output always belongs to line N of the input, for every tool."""
+    from difformer.generate import one_line
+    from difformer.hub import write_atomic
+
+    lines = [one_line(o) for o in outputs]
+    broken = [i + 1 for i, (a, b) in enumerate(zip(outputs, lines)) if a != b]
+    if broken:
+        print(f"warning: line breaks inside output line(s) {_ranges(broken)} replaced by spaces", file=sys.stderr)
+    text = "".join(line + "\n" for line in lines)
+    if path:
+        try:
+            write_atomic(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
+        except OSError as e:
+            raise DifformerError(f"{path}: cannot write ({e.strerror or e})") from None
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
-    print(f"{len(lines)} sentences in {seconds:.2f}s ({len(lines) / max(seconds, 1e-9):.1f} sentences/s); "
-          f"{cfg.describe()} precision={pipe.precision}", file=sys.stderr)
 
 
 def _ranges(numbers: list[int], limit: int = 10) -> str:
@@ -173,9 +198,15 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     if args.model:
         if args.hyp:
             raise DifformerError("give either --hyp/--ref or --model, not both")
+        if args.output:
+            from difformer.hub import check_writable
+
+            check_writable(args.output)  # before decoding a whole split
         hyps, refs, info = decode_split(args.model, args.data, args.split, args.precision, args.device,
-                                        _decoding_options(args), args.output)
+                                        _decoding_options(args), None)
         print(info, file=sys.stderr)
+        if args.output:
+            _write_lines(hyps, args.output)
     else:
         if not args.hyp or not args.ref:
             raise DifformerError("give --hyp and --ref (or --model DIR --split NAME)")
@@ -217,16 +248,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; exit codes: 0 done, 2 user error (one line), 130/143 stopped by SIGINT/SIGTERM,
+    141 output pipe closed by the reader (as `| head` does)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in x and not x.startswith("-") for x in extra):
+        args.overrides += extra  # `train CONFIG --resume section.key=value`: overrides after a flag
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        args.func(args)
+        return args.func(args) or 0
     except DifformerError as e:
         print(f"difformer {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"difformer {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
 
 
 if __name__ == "__main__":

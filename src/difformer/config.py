@@ -42,11 +42,11 @@ class ModelConfig:
     def validate(self) -> None:
         _check(self.embed_norm in ("input", "before_noise", "none"),
                f"model.embed_norm must be input, before_noise or none, not {self.embed_norm!r}")
-        _check(self.d_model % self.n_heads == 0,
-               f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         for name in ("embed_dim", "d_model", "n_heads", "ffn_dim", "enc_layers", "dec_layers",
                      "max_positions", "length_classes"):
             _check(getattr(self, name) > 0, f"model.{name} must be positive")
+        _check(self.d_model % self.n_heads == 0,  # after the positivity checks: n_heads may be 0
+               f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         _check(self.vocab_size >= 0, "model.vocab_size must be >= 0")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _check(self.embed_init_std is None or self.embed_init_std > 0, "model.embed_init_std must be positive")
@@ -96,10 +96,12 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 1
     precision: str = "auto"  # "auto", "fp32" or "bf16"
+    max_bad_updates: int = 10  # updates in a row with a non-finite loss or gradient before training stops
 
     def validate(self) -> None:
         _check(self.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
-        for name in ("max_tokens", "update_freq", "max_updates", "validate_every", "keep_best", "log_every"):
+        for name in ("max_tokens", "update_freq", "max_updates", "validate_every", "keep_best", "log_every",
+                     "max_bad_updates"):
             _check(getattr(self, name) > 0, f"train.{name} must be positive")
         _check(self.lr > 0, "train.lr must be positive")
         _check(self.warmup_updates >= 0 and self.max_minutes >= 0, "train budgets must be >= 0")
@@ -163,7 +165,10 @@ class Config:
         sections = {}
         for f in dataclasses.fields(cls):
             sections[f.name] = _build(f.default_factory, raw.get(f.name) or {}, f"{where}: {f.name}")
-        return cls(**sections).validate()
+        try:
+            return cls(**sections).validate()
+        except DifformerError as e:
+            raise DifformerError(f"{where}: {e}") from None  # name the file a bad value came from
 
 
 def _check(ok: bool, message: str) -> None:

@@ -103,6 +103,16 @@ class Pipeline:
         return decode_ids(self.model, self.schedule, self.tokenizer, self.encode(texts), cfg, self.precision)
 
 
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines (and some editors) split on
+_ONE_LINE = str.maketrans(dict.fromkeys(LINE_BREAKS, " "))
+
+
+def one_line(text: str) -> str:
+    """`text` with every line-breaking character replaced by a space: a model can emit any byte (byte
+    fallback), and an output holding a newline or U+2028 would shift every later line for other tools."""
+    return text.translate(_ONE_LINE)
+
+
 def load(path: str | Path, device: str = "cpu", precision: str = "auto") -> Pipeline:
     """Load a model directory written by `difformer train` (or `save_pretrained`)."""
     from difformer.hub import from_pretrained

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from difformer.config import Config
@@ -25,18 +25,53 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
 def write_atomic(path: Path, write) -> None:
-    """Write through `write(tmp_path)` to a temporary file in the same directory, fsync, then rename."""
+    """Write through `write(tmp_path)` to a temporary file in the same directory, fsync, then rename.
+
+    The directory is fsynced after the rename too: without it a power cut can undo the rename even though
+    the file's data reached the disk.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_path(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's entries: new names, renames); a no-op where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (and Windows, for directories) cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_writable(path: str | Path) -> Path:
+    """Fail now, not after hours of decoding, when `path` (a file to write) cannot be created."""
+    path = Path(path)
+    if path.is_dir():
+        raise DifformerError(f"{path}: is a directory; give a file name to write to")
+    parent = path.parent
+    if not parent.is_dir():
+        raise DifformerError(f"{path}: cannot write there ({parent} is not an existing directory)")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DifformerError(f"{path}: cannot write there ({e.strerror or e})") from None
+    return path
 
 
 def write_json(path: Path, obj) -> None:
@@ -67,12 +102,15 @@ def save_pretrained(model: Difformer, config: Config, tokenizer_path: Path, data
         shutil.copyfile(tokenizer_path, tmp / TOKENIZER)
         if dataset_json is not None and Path(dataset_json).exists():
             shutil.copyfile(dataset_json, tmp / DATASET)
+        for f in (*tmp.iterdir(), tmp):
+            fsync_path(f)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fsync_path(directory.parent)
 
 
 def read_config(path: Path) -> Config:
@@ -100,9 +138,35 @@ def from_pretrained(directory: str | Path) -> tuple[Difformer, Config, Tokenizer
     if config.model.vocab_size != tokenizer.vocab_size:
         raise DifformerError(f"{directory / CONFIG}: model.vocab_size {config.model.vocab_size} does not match "
                              f"the tokenizer's {tokenizer.vocab_size}")
+    with torch.device("meta"):  # shapes only: a hostile config cannot make us allocate before the check
+        expected = Difformer(config.model).state_dict()
+    check_header(directory / WEIGHTS, expected)
     model = Difformer(config.model)
     load_state(model, load_weights(directory / WEIGHTS), directory / WEIGHTS)
     return model.eval(), config, tokenizer
+
+
+def check_header(path: Path, expected: dict[str, torch.Tensor]) -> None:
+    """Compare the names, shapes and dtypes in a safetensors header with `expected`, reading no tensor data."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            found = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DifformerError(f"{path}: not a readable safetensors file ({e})") from None
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or extra:
+        raise DifformerError(f"{path}: tensors do not match the config (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]})")
+    for k, v in expected.items():
+        shape, dtype = found[k]
+        if shape != tuple(v.shape) or dtype != _SAFETENSORS_DTYPES.get(v.dtype):
+            raise DifformerError(f"{path}: tensor {k} has shape {shape} {dtype}, the config needs "
+                                 f"{tuple(v.shape)} {_SAFETENSORS_DTYPES.get(v.dtype, v.dtype)}")
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                       torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:

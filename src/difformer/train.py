@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -30,9 +32,6 @@ from difformer.generate import decode_ids
 from difformer.metrics import corpus_bleu
 from difformer.model.difformer import Difformer
 from difformer.precision import autocast, resolve_precision
-
-MAX_BAD_STEPS = 10  # non-finite updates in a row before training stops
-
 
 @dataclass
 class State:
@@ -68,11 +67,26 @@ def inverse_sqrt_lr(update: int, lr: float, warmup: int) -> float:
     return lr * min(u / warmup, math.sqrt(warmup / u))
 
 
-def epoch_batches(data: PairDataset, cfg: Config, epoch: int) -> list[list[int]]:
+def pair_lengths(data: PairDataset, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Positions each pair takes in a batch, as `collate` builds it: cut to max_positions, specials added."""
     limit = cfg.model.max_positions
-    src_lens = (data.src_lens.clip(max=limit - 1) + 1)  # + EOS
-    tgt_lens = (data.tgt_lens.clip(max=limit - 2) + 2)  # + BOS, EOS
+    return data.src_lens.clip(max=limit - 1) + 1, data.tgt_lens.clip(max=limit - 2) + 2  # + EOS; + BOS, EOS
+
+
+def epoch_batches(data: PairDataset, cfg: Config, epoch: int) -> list[list[int]]:
+    src_lens, tgt_lens = pair_lengths(data, cfg)
     return token_batches(src_lens, tgt_lens, cfg.train.max_tokens, seed=cfg.train.seed, epoch=epoch)
+
+
+def check_max_tokens(data: PairDataset, cfg: Config, split: str) -> None:
+    """Fail at start, naming the split and the pair, when a pair fits in no batch (the valid split would
+    otherwise fail only at the first validation, possibly hours in)."""
+    longer = np.maximum(*pair_lengths(data, cfg))
+    if len(longer) and longer.max() > cfg.train.max_tokens:
+        i = int(np.argmax(longer > cfg.train.max_tokens))
+        raise DifformerError(f"{split} pair {i} needs {longer[i]} tokens (BOS/EOS included), more than "
+                             f"train.max_tokens {cfg.train.max_tokens}; set train.max_tokens={longer.max()} "
+                             f"or more (or a smaller model.max_positions)")
 
 
 class Trainer:
@@ -90,6 +104,9 @@ class Trainer:
         cfg.validate()
         self.train_data = PairDataset(data, "train")
         self.valid_data = PairDataset(data, "valid") if _has_split(data, "valid") else None
+        for split, split_data in (("train", self.train_data), ("valid", self.valid_data)):
+            if split_data is not None:
+                check_max_tokens(split_data, cfg, split)
         self.precision = resolve_precision(t.precision, self.device)
         torch.manual_seed(t.seed)
         self.model = Difformer(cfg.model).to(self.device)
@@ -105,10 +122,16 @@ class Trainer:
     def _prepare_save_dir(self, resume: bool) -> None:
         last = self.ckpt_dir / "last.json"
         if resume and last.exists():
-            self._load_checkpoint(self.ckpt_dir / json.loads(last.read_text())["checkpoint"])
+            self._remove_partial_writes()
+            name = self._read_last()
+            self._load_checkpoint(self.ckpt_dir / name)
+            _end_log_at_a_full_line(self.save_dir / "log.jsonl")
+            hub.write_atomic(self.save_dir / "config.yaml", lambda p: save_config(self.cfg, p))  # budgets may differ
+            self._log({"resumed_from": name})
             return
         if resume:
-            raise DifformerError(f"{self.save_dir}: nothing to resume (no checkpoints/last.json)")
+            raise DifformerError(f"{self.save_dir}: nothing to resume (no checkpoints/last.json: no checkpoint "
+                                 "was written yet); start it again without --resume")
         if last.exists():
             raise DifformerError(f"{self.save_dir}: holds a run already; pass --resume to continue it "
                                  "or choose another train.save_dir")
@@ -119,12 +142,18 @@ class Trainer:
             probe.unlink()
         except OSError as e:
             raise DifformerError(f"{self.save_dir}: cannot write there ({e.strerror})") from None
+        self._remove_partial_writes()  # of a run killed before its first checkpoint
         save_config(self.cfg, self.save_dir / "config.yaml")
 
     # ---- checkpoints -------------------------------------------------------------------------------
 
     def _save_checkpoint(self, name: str) -> None:
-        """Write checkpoints/NAME/ (built aside, renamed), then point last.json at it atomically."""
+        """Write checkpoints/NAME/ (built aside, renamed), then point last.json at it atomically.
+
+        Order matters for a crash at any instant: files are fsynced before the directory is renamed, the
+        rename is made durable (directory fsync) before last.json names it, and older checkpoints are
+        deleted only after last.json has moved on. So last.json always names a complete checkpoint.
+        """
         final = self.ckpt_dir / name
         tmp = self.ckpt_dir / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -136,29 +165,76 @@ class Trainer:
             hub.save_weights(tensors, tmp / "trainer.safetensors")
             hub.write_json(tmp / "state.json", {"state": self.state.__dict__, "param_groups": groups,
                                                "config": self.cfg.to_dict()})
-            shutil.rmtree(final, ignore_errors=True)
+            hub.fsync_path(tmp)
+            shutil.rmtree(final, ignore_errors=True)  # never the one last.json names: that is an older update
             tmp.rename(final)
+            hub.fsync_path(self.ckpt_dir)
             hub.write_json(self.ckpt_dir / "last.json", {"checkpoint": name, "update": self.state.update})
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise DifformerError(f"{final}: checkpoint not written ({e.strerror}); the previous one is "
-                                 "kept in checkpoints/last.json") from None
+            previous = self._read_last() if (self.ckpt_dir / "last.json").exists() else None
+            kept = (f"the previous checkpoint, {previous}, is intact in checkpoints/last.json" if previous
+                    else "no checkpoint of this run was written yet")
+            raise DifformerError(f"{final}: checkpoint not written ({e.strerror or e}); {kept}") from None
         keep = {n for _, n in self.state.best[: self.cfg.train.keep_best]} | {name}
         for old in self.ckpt_dir.glob("update_*"):
             if old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
 
+    def _read_last(self) -> str:
+        """The checkpoint name in last.json, checked to be a plain name inside checkpoints/."""
+        last = self.ckpt_dir / "last.json"
+        try:
+            name = json.loads(last.read_text(encoding="utf-8"))["checkpoint"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DifformerError(f"{last}: unreadable ({type(e).__name__}: {e}); {self._earlier()}") from None
+        if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+            raise DifformerError(f"{last}: names {name!r}, not a checkpoint directory; {self._earlier()}")
+        return name
+
+    def _earlier(self, damaged: str | None = None) -> str:
+        """What to do when the checkpoint to resume from is damaged: the names of the others."""
+        others = sorted(p.name for p in self.ckpt_dir.glob("update_*") if p.name != damaged)
+        if not others:
+            return "no other checkpoint is left; start the run again in a new train.save_dir"
+        return (f"to resume from another checkpoint, write its name into checkpoints/last.json "
+                f"(present: {', '.join(others)})")
+
+    def _remove_partial_writes(self) -> None:
+        """Delete what a killed run left half-written: .NAME.tmp directories and .last.json.*.tmp files."""
+        for p in self.ckpt_dir.glob(".*.tmp"):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
     def _load_checkpoint(self, path: Path) -> None:
-        meta = json.loads((path / "state.json").read_text())
-        saved = Config.from_dict(meta["config"], where=str(path / "state.json"))
-        diff = _config_diff(saved.to_dict(), self.cfg.to_dict(), ignore={"train.max_updates", "train.max_minutes"})
+        """Restore weights, optimizer, RNG and state; any damage is reported as one error naming the file."""
+        hint = self._earlier(path.name)
+        if not path.is_dir():
+            raise DifformerError(f"{path}: checkpoint named by last.json is missing; {hint}")
+        try:
+            meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+            saved = Config.from_dict(meta["config"], where=str(path / "state.json"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DifformerError(f"{path / 'state.json'}: damaged checkpoint ({type(e).__name__}: {e}); "
+                                 f"{hint}") from None
+        diff = _config_diff(saved.to_dict(), self.cfg.to_dict(), ignore=RESUMABLE_CHANGES)
         if diff:
             raise DifformerError(f"{path}: resuming with a different config; differing keys: {', '.join(diff)}")
-        hub.load_state(self.model, hub.load_weights(path / hub.WEIGHTS), path / hub.WEIGHTS)
-        tensors = hub.load_weights(path / "trainer.safetensors")
-        torch.set_rng_state(tensors.pop("rng"))
-        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["param_groups"]))
-        self.state = State(**meta["state"])
+        try:
+            hub.load_state(self.model, hub.load_weights(path / hub.WEIGHTS), path / hub.WEIGHTS)
+            tensors = hub.load_weights(path / "trainer.safetensors")
+            torch.set_rng_state(tensors.pop("rng"))
+            self.optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["param_groups"]))
+            _check_optimizer_shapes(self.optimizer)
+            self.state = State(**meta["state"])
+            if not all(isinstance(v, int) and v >= 0 for v in (self.state.update, self.state.epoch, self.state.batch)):
+                raise ValueError("update, epoch and batch must be non-negative integers")
+        except DifformerError as e:
+            raise DifformerError(f"damaged checkpoint: {e}; {hint}") from None
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise DifformerError(f"{path}: damaged checkpoint ({type(e).__name__}: {e}); {hint}") from None
 
     # ---- validation --------------------------------------------------------------------------------
 
@@ -230,8 +306,9 @@ class Trainer:
             for s, h in handlers.items():
                 signal.signal(s, h)
         if self.stop_signal is not None:
+            device = f" --device {self.device}" if self.device.type != "cpu" else ""
             print(f"stopped by {self.stop_signal} at update {st.update}; checkpoint saved. Continue with: "
-                  f"difformer train {self.save_dir / 'config.yaml'} --resume", file=sys.stderr)
+                  f"difformer train {self.save_dir / 'config.yaml'} --resume{device}", file=sys.stderr)
             return self.ckpt_dir
         return self.finish()
 
@@ -261,7 +338,7 @@ class Trainer:
         if not (math.isfinite(stats["loss"]) and torch.isfinite(gnorm)):
             st.bad_steps += 1
             self._log({"skipped_update": st.update + 1, "loss": stats["loss"], "grad_norm": float(gnorm)})
-            if st.bad_steps >= MAX_BAD_STEPS:
+            if st.bad_steps >= t.max_bad_updates:
                 raise DifformerError(f"{st.bad_steps} updates in a row had a non-finite loss or gradient; "
                                      f"stopped. The last good checkpoint is in {self.ckpt_dir}")
             return None, batches
@@ -276,14 +353,24 @@ class Trainer:
         return self.cfg.train.max_minutes > 0 and self.state.seconds >= self.cfg.train.max_minutes * 60
 
     def _on_signal(self, signum, frame) -> None:
+        """First SIGINT/SIGTERM: finish the update, save, stop. A second one: stop now (KeyboardInterrupt);
+        the previous checkpoint stays valid. os.write, not print: print can fail re-entering stderr."""
+        if self.stop_signal is not None:
+            raise KeyboardInterrupt
         self.stop_signal = signal.Signals(signum).name
+        os.write(2, f"{self.stop_signal}: finishing this update, then saving a checkpoint "
+                    "(send it again to stop at once, without saving)\n".encode())
 
     def _log(self, record: dict) -> None:
         """Append to log.jsonl and TensorBoard."""
         record = {"update": self.state.update, "epoch": self.state.epoch, **record}
         self._last_log = record
-        with open(self.save_dir / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.save_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise DifformerError(f"{self.save_dir / 'log.jsonl'}: cannot write ({e.strerror or e}); the last "
+                                 f"checkpoint in {self.ckpt_dir} is intact") from None
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
             self._tb = SummaryWriter(str(self.save_dir / "tb"))
@@ -311,8 +398,12 @@ class Trainer:
         if not chosen["model"].startswith("average"):
             self.model.load_state_dict(states[0])
         out = self.save_dir / "model"
-        hub.save_pretrained(self.model, self.cfg, self.data_dir / "tokenizer.model",
-                            self.data_dir / "dataset.json", out)
+        try:
+            hub.save_pretrained(self.model, self.cfg, self.data_dir / "tokenizer.model",
+                                self.data_dir / "dataset.json", out)
+        except OSError as e:
+            raise DifformerError(f"{out}: model directory not written ({e.strerror or e}); the checkpoints are "
+                                 f"intact: free space, then run again with --resume to write it") from None
         self._log({"final": chosen, "directory": str(out)})
         return out
 
@@ -340,6 +431,28 @@ class _Window:
         return out
 
 
+def _end_log_at_a_full_line(log: Path) -> None:
+    """Cut a line a killed run left half-written at the end of log.jsonl, so every line stays JSON."""
+    if not log.is_file() or log.stat().st_size == 0:
+        return
+    with open(log, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - (1 << 20)))
+        tail = f.read()
+        if not tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n")
+            f.truncate(size - len(tail) + cut + 1 if cut >= 0 or size <= len(tail) else size)
+
+
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """load_state_dict does not compare moment shapes with the parameters; a mismatch would fail later."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for k, v in optimizer.state.get(p, {}).items():
+                if k != "step" and v.shape != p.shape:
+                    raise ValueError(f"optimizer {k} has shape {tuple(v.shape)}, its parameter {tuple(p.shape)}")
+
+
 def _has_split(data: Path, split: str) -> bool:
     info = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
     return split in info.get("splits", {}) and info["splits"][split].get("pairs", 0) > 0
@@ -358,6 +471,10 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -
     for g in groups:
         g["betas"] = tuple(g["betas"])
     return {"state": state, "param_groups": groups}
+
+
+# may differ on --resume: budgets, and the run's own directory (a run may be moved, e.g. to a larger disk)
+RESUMABLE_CHANGES = {"train.max_updates", "train.max_minutes", "train.max_bad_updates", "train.save_dir"}
 
 
 def _config_diff(a: dict, b: dict, ignore: set[str], prefix: str = "") -> list[str]:

@@ -38,8 +38,11 @@ def prepare(*, source_lang: str, target_lang: str, trainpref: str, validpref: st
     options = {"vocab_size": vocab_size if learnt else None, "model_type": model_type if learnt else None,
                "tokenizer": None if learnt else str(Path(tokenizer).resolve()),
                "max_len": max_len, "long": long, "lowercase": lowercase, "seed": seed}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(dest, "tmp")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _sibling(dest, "tmp")
+    except OSError as e:
+        raise DifformerError(f"{dest}: cannot write there ({e.strerror or e})") from None
     try:
         if learnt:
             tok = Tokenizer.train(_both_sides(corpora["train"]), tmp / "tokenizer", vocab_size, model_type,
@@ -56,6 +59,9 @@ def prepare(*, source_lang: str, target_lang: str, trainpref: str, validpref: st
                            for split, corpus in corpora.items()}}
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         _install(tmp, dest)
+    except OSError as e:  # reading errors are DifformerErrors already: this is a full disk or the like
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DifformerError(f"{dest}: not written ({e.strerror or e}); nothing was left behind") from None
     except BaseException:  # KeyboardInterrupt too: never leave a half-built directory
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -93,6 +93,8 @@ class Tokenizer:
         Rows may be lists, numpy arrays or torch tensors.
         """
         rows = [seq.tolist() if hasattr(seq, "tolist") else list(seq) for seq in ids]
+        if not rows:
+            return []  # sentencepiece reads an empty batch as one empty sequence and returns a str
         return self.sp.decode(rows, num_threads=THREADS)
 
     @property
