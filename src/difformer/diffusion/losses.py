@@ -55,8 +55,9 @@ def difformer_loss(model: Difformer, schedule: Schedule, cfg: DiffusionConfig, s
         rounding = token_ce(model.logits(z0), tgt, tgt_mask, cfg.label_smoothing)
         loss = loss + rounding
     with torch.no_grad():
-        acc = masked_mean((anchor_logits.argmax(-1) == tgt).float(), tgt_mask)
         norm = model.embed.weight.float().norm(dim=-1).mean() * model.embed_scale
-    stats = {"loss": loss.item(), "mse": mse.item(), "anchor": anchor.item(), "length": length.item(),
-             "acc": acc.item(), "embed_norm": norm.item()}
+        stats = {"loss": loss.item(), "mse": mse.item(), "anchor": anchor.item(), "length": length.item(),
+                 "embed_norm": norm.item()}
+        if not model.training:  # an argmax over the vocabulary costs ~4% of a CPU training step
+            stats["acc"] = masked_mean((anchor_logits.argmax(-1) == tgt).float(), tgt_mask).item()
     return loss, stats
