@@ -29,6 +29,19 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def commit() -> str:
+    """The code a result was made with (and whether the tree had uncommitted changes)."""
+    import subprocess
+
+    here = Path(__file__).parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=here, capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown"
+    return rev + ("+changes" if dirty.strip() else "")
+
+
 def command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command, load_results, machine, save_results, timed  # noqa: E402
+from common import command, commit, load_results, machine, save_results, timed  # noqa: E402
 
 from difformer.generate import load  # noqa: E402
 from difformer.metrics import corpus_bleu  # noqa: E402
@@ -52,7 +52,7 @@ def main() -> None:
     sources = (args.data / "test.de").read_text(encoding="utf-8").splitlines()
     refs = (args.data / "test.en").read_text(encoding="utf-8").splitlines()
     results = load_results("decoding")
-    results.update({"model": str(args.model), "machine": machine(), "command": command()})
+    results.update({"model": str(args.model), "machine": machine(), "commit": commit(), "command": command()})
     results.setdefault("rows", {})
     for precision in args.precision.split(","):
         pipe = load(args.model, precision=precision)

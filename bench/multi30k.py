@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command, load_results, machine, save_results, timed  # noqa: E402
+from common import command, commit, load_results, machine, save_results, timed  # noqa: E402
 
 from difformer.config import load_config  # noqa: E402
 from difformer.data.prepare import prepare  # noqa: E402
@@ -25,6 +25,7 @@ from difformer.train import train  # noqa: E402
 
 HERE = Path(__file__).parent
 PRIMARY = "multi30k-25min"
+RESULTS_PNG = HERE / "results" / "multi30k_bleu_vs_minutes.png"
 
 
 def prepared(data: Path, work: Path) -> Path:
@@ -66,7 +67,7 @@ def run_record(run: Path, rows: list[dict], train_time: dict | None) -> dict:
             "train_tokens_per_second": round(state["tokens"] / state["seconds"]),
             "decode_sentences_per_second": first["decode_sentences_per_second"], "nfe": first["nfe"],
             "results": rows, "valid_bleu_curve": curve, "final_model": log[-1].get("final"),
-            "machine": machine(), "command": command()}
+            "machine": machine(), "commit": commit(), "command": command()}
 
 
 def _with_seconds(log: list[dict]) -> list[dict]:
@@ -93,6 +94,29 @@ def markdown(results: dict) -> str:
         lines += ["", f"sacreBLEU signature: `{any_run['signature']}`", f"Machine: {any_run['machine']}", ""]
         lines += [f"- `{tag}`: `{r['command']}`" for tag, r in results["runs"].items()]
     return "\n".join(lines) + "\n"
+
+
+def plot(results: dict) -> None:
+    """Validation BLEU (300 valid sentences, 1x1) over training minutes for every run, test BLEU as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for tag, r in results.get("runs", {}).items():
+        if r["valid_bleu_curve"]:
+            minutes, bleu = zip(*r["valid_bleu_curve"])
+            line, = ax.plot(minutes, bleu, marker=".", label=f"{tag} (valid)")
+            ax.scatter([r["train_minutes"]], [r["sacrebleu"]], color=line.get_color(), marker="*", s=120,
+                       label=f"{tag}: test2016 {r['sacrebleu']}")
+    ax.set_xlabel("training minutes (2-core CPU)")
+    ax.set_ylabel("sacreBLEU")
+    ax.set_title("Multi30k De->En: BLEU against training time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS_PNG, dpi=120)
 
 
 def main() -> None:
@@ -124,6 +148,7 @@ def main() -> None:
     if tag == PRIMARY:
         results.update({k: v for k, v in record.items() if k != "valid_bleu_curve"})
     save_results("multi30k", results, markdown(results))
+    plot(results)
     print(f"{tag}: test2016 sacreBLEU {record['sacrebleu']} after {record['updates']} updates")
 
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command, machine, save_results, timed  # noqa: E402
+from common import command, commit, machine, save_results, timed  # noqa: E402
 
 from difformer.quickstart import quickstart  # noqa: E402
 
@@ -32,7 +32,7 @@ def main() -> None:
             curve.append([r["update"], round(seconds / 60, 2), round(r["valid_bleu"], 1)])
     result = {"test_bleu": round(bleu, 1), "updates": curve[-1][0], "total_minutes": round(t["wall"] / 60, 1),
               "cpu_minutes": round(t["cpu"] / 60, 1), "valid_curve": curve, "final": log[-1].get("final"),
-              "machine": machine(), "command": command()}
+              "machine": machine(), "commit": commit(), "command": command()}
     md = ["# Quickstart: French -> English number words", "",
           f"Test BLEU **{result['test_bleu']}** (sacreBLEU, 1x1 candidates, 20 steps) after {result['updates']} "
           f"updates; {result['total_minutes']} min wall in all (corpus, prepare, training, decoding), "
