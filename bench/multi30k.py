@@ -87,7 +87,7 @@ def markdown(results: dict) -> str:
     for tag, r in results.get("runs", {}).items():
         for row in r["results"]:
             lines.append(f"| {tag} | {r['train_minutes']} ({r['train_cpu_minutes']}) | {r['updates']} | "
-                         f"{r['train_tokens_per_second']} | {row['candidates']} {row['setting'].split(' NFE')[0]} | "
+                         f"{r['train_tokens_per_second']} | {row['setting'].split(' NFE')[0]} | "
                          f"{row['nfe']} | {row['sacrebleu']} | {row['decode_sentences_per_second']} |")
     any_run = next(iter(results.get("runs", {}).values()), None)
     if any_run:
