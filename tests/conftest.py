@@ -36,4 +36,15 @@ def numbers(tmp_path: Path) -> Path:
     return tmp_path / "corpus"
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny models are fastest so, and two threads fight any other job for 2 cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 from fixtures_train import tiny_data, trained_model  # noqa: E402,F401  (shared by the training/CLI tests)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 from itertools import chain
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from difformer import generate as generate_module
 from difformer import hub
@@ -48,12 +47,7 @@ def hostile_file_bytes() -> bytes:
     return b"\xef\xbb\xbf" + b"\n".join(lines)  # BOM, and no final newline
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

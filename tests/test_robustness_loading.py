@@ -18,13 +18,7 @@ from difformer.hub import save_pretrained
 from difformer.model.difformer import Difformer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tiny models are fastest so, and two threads fight any other job for 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model_dir(tokenizer_path: Path, directory: Path, max_positions: int = 32) -> Path:

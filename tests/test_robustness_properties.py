@@ -36,12 +36,7 @@ def pipe(tok) -> Pipeline:
     return Pipeline(Difformer(cfg), Config(model=cfg, decode=DecodeConfig(steps=2)).validate(), tok, "fp32")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def file_text(lines: list[str], crlf: bool, final_newline: bool) -> bytes:

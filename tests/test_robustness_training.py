@@ -34,13 +34,7 @@ UPDATES, EVERY = 24, 4  # a run of the subprocess tests: 24 updates, a checkpoin
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tiny models are fastest so, and two threads fight any other job for 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def start(config: Path, *args: str) -> subprocess.Popen:
