@@ -73,7 +73,8 @@ def test_wall_clock_budget_stops_training(tiny_data, tmp_path):
     assert 1 <= state["update"] < 10_000 and (out / "model.safetensors").exists()
 
 
-def test_non_finite_losses_skip_updates_then_stop(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision, limit", [("fp32", 10), ("bf16", 3)])
+def test_non_finite_losses_skip_updates_then_stop(tiny_data, tmp_path, monkeypatch, precision, limit):
     real = train_module.difformer_loss
 
     def nan_loss(*args):
@@ -81,13 +82,15 @@ def test_non_finite_losses_skip_updates_then_stop(tiny_data, tmp_path, monkeypat
         return loss * float("nan"), {**stats, "loss": float("nan")}
 
     monkeypatch.setattr(train_module, "difformer_loss", nan_loss)
-    trainer = Trainer(tiny_config(tiny_data, tmp_path / "r", max_updates=50))
+    extra = {} if limit == 10 else {"max_bad_updates": limit}  # 10 is the default
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "r", max_updates=50, precision=precision, **extra))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    with pytest.raises(DifformerError, match="10 updates in a row"):
+    with pytest.raises(DifformerError, match=f"{limit} updates in a row had a non-finite loss or gradient"):
         trainer.train()
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
-    skipped = [json.loads(l) for l in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
-    assert sum("skipped_update" in r for r in skipped) == 10
+    assert not trainer.optimizer.state  # Adam's moments never saw the bad gradients
+    skipped = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert sum("skipped_update" in r for r in skipped) == limit
 
 
 def test_gradient_accumulation_takes_update_freq_batches_per_update(tiny_data, tmp_path):
