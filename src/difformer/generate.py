@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from difformer.config import Config, DecodeConfig
+from difformer.data.batching import pad_batch
 from difformer.data.tokenizer import Tokenizer
 from difformer.diffusion.sampling import generate_candidates, strip_specials
 from difformer.diffusion.schedule import Schedule
@@ -19,15 +20,6 @@ from difformer.errors import DifformerError
 from difformer.metrics import mbr_select
 from difformer.model.difformer import Difformer
 from difformer.precision import autocast, resolve_precision
-
-
-def source_tensor(sources: list[list[int]], eos: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad token lists (EOS appended) into (B, S) ids and a (B, S) mask."""
-    S = max(len(s) for s in sources) + 1
-    ids = torch.full((len(sources), S), pad, dtype=torch.long)
-    for i, s in enumerate(sources):
-        ids[i, : len(s) + 1] = torch.tensor(s + [eos], dtype=torch.long)
-    return ids, ids != pad
 
 
 def length_batches(lengths: list[int], candidates: int, max_tokens: int) -> list[list[int]]:
@@ -57,7 +49,7 @@ def decode_ids(model: Difformer, schedule: Schedule, tokenizer: Tokenizer, sourc
     todo = [i for i, s in enumerate(sources) if s]
     for batch in length_batches([len(sources[i]) for i in todo], C, cfg.max_tokens):
         idx = [todo[j] for j in batch]
-        src, mask = source_tensor([sources[i] for i in idx], tokenizer.eos_id, tokenizer.pad_id)
+        src, mask = pad_batch([sources[i] + [tokenizer.eos_id] for i in idx], tokenizer.pad_id)
         with autocast(precision, device):
             cand = generate_candidates(model, schedule, src.to(device), mask.to(device), cfg, generator)
         tokens, lengths = cand.tokens.tolist(), cand.lengths.tolist()

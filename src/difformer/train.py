@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from difformer import hub
 from difformer.config import Config, save_config
-from difformer.data.batching import token_batches
+from difformer.data.batching import pad_batch, token_batches
 from difformer.data.binarize import PairDataset
 from difformer.data.tokenizer import Tokenizer
 from difformer.diffusion.losses import difformer_loss
@@ -49,14 +49,7 @@ def collate(data: PairDataset, idx: list[int], tok: Tokenizer, max_len: int):
     """(src, src_mask, tgt, tgt_mask): source x EOS, target BOS y EOS, padded, cut to max_len positions."""
     srcs = [data.src(i)[: max_len - 1].tolist() + [tok.eos_id] for i in idx]
     tgts = [[tok.bos_id] + data.tgt(i)[: max_len - 2].tolist() + [tok.eos_id] for i in idx]
-    return (*_pad(srcs, tok.pad_id), *_pad(tgts, tok.pad_id))
-
-
-def _pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    out = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r)
-    return out, out != pad
+    return (*pad_batch(srcs, tok.pad_id), *pad_batch(tgts, tok.pad_id))
 
 
 def inverse_sqrt_lr(update: int, lr: float, warmup: int) -> float:

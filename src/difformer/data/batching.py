@@ -8,6 +8,7 @@ tie-breaking, cut greedily into batches, and the batch order is shuffled; the ra
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from difformer.errors import DifformerError
 
@@ -77,3 +78,11 @@ def _greedy_ends(lens: np.ndarray, max_tokens: int) -> list[int]:
     if pos > start:
         ends.append(pos)
     return ends
+
+
+def pad_batch(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> padded (B, T) ids and the (B, T) mask of real tokens."""
+    out = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out, out != pad
