@@ -74,3 +74,11 @@ def test_train_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "train.lr: expected a number" in r.stderr.decode()
     r = run_cli("train", "nosuchpreset")
     assert r.returncode == 2 and "quickstart" in r.stderr.decode()
+
+
+def test_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    from difformer.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quickstart").mkdir()  # what `difformer quickstart` leaves in the working directory
+    assert load_config("quickstart").model.d_model == 128

@@ -216,9 +216,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 def load_config(path_or_preset: str, overrides: list[str] = ()) -> Config:
     """Read a YAML file (or a preset name such as `quickstart`) and apply `section.key=value` overrides."""
     path = Path(path_or_preset)
-    if not path.exists() and (PRESETS / f"{path_or_preset}.yaml").exists():
-        path = PRESETS / f"{path_or_preset}.yaml"
-    if not path.exists():
+    if not path.is_file() and (PRESETS / f"{path_or_preset}.yaml").is_file():
+        path = PRESETS / f"{path_or_preset}.yaml"  # a preset name, even beside a folder of that name
+    if not path.is_file():
         presets = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
         raise DifformerError(f"{path_or_preset}: no such config file or preset ({presets})")
     try:
