@@ -53,8 +53,9 @@ def decode_ids(model: Difformer, schedule: Schedule, tokenizer: Tokenizer, sourc
         with autocast(precision, device):
             cand = generate_candidates(model, schedule, src.to(device), mask.to(device), cfg, generator)
         tokens, lengths = cand.tokens.tolist(), cand.lengths.tolist()
-        texts = [[tokenizer.decode([strip_specials(tokens[b][c], lengths[b][c], specials)])[0]
-                  for c in range(C)] for b in range(len(idx))]
+        flat = tokenizer.decode([strip_specials(tokens[b][c], lengths[b][c], specials)
+                                 for b in range(len(idx)) for c in range(C)])  # one batched call
+        texts = [flat[b * C:(b + 1) * C] for b in range(len(idx))]
         if cfg.selection == "mbr" and C > 1:
             picks = mbr_select(texts)
         else:
