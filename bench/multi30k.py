@@ -55,7 +55,8 @@ def decode_test(model_dir: Path, data: Path, settings: list[str]) -> list[dict]:
     return rows
 
 
-def run_record(run: Path, rows: list[dict], train_time: dict | None) -> dict:
+def run_record(run: Path, rows: list[dict], train_time: dict | None, code: str) -> dict:
+    """The JSON record of a finished run; `code` is the commit taken when the run started."""
     last = json.loads((run / "checkpoints" / "last.json").read_text())
     state = json.loads((run / "checkpoints" / last["checkpoint"] / "state.json").read_text())["state"]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -67,7 +68,7 @@ def run_record(run: Path, rows: list[dict], train_time: dict | None) -> dict:
             "train_tokens_per_second": round(state["tokens"] / state["seconds"]),
             "decode_sentences_per_second": first["decode_sentences_per_second"], "nfe": first["nfe"],
             "results": rows, "valid_bleu_curve": curve, "final_model": log[-1].get("final"),
-            "machine": machine(), "commit": commit(), "command": command()}
+            "machine": machine(), "commit": code, "command": command()}
 
 
 def _with_seconds(log: list[dict]) -> list[dict]:
@@ -138,11 +139,11 @@ def main() -> None:
     run = args.work / "runs" / tag
     cfg = load_config(args.config, [f"train.data={data}", f"train.save_dir={run}",
                                     f"train.max_minutes={args.minutes}", *args.overrides])
-    train_time = None
+    code, train_time = commit(), None
     if not (run / "model" / "model.safetensors").exists():
         with timed() as train_time:
             train(cfg, resume=(run / "checkpoints" / "last.json").exists())
-    record = run_record(run, decode_test(run / "model", args.data, args.settings.split(",")), train_time)
+    record = run_record(run, decode_test(run / "model", args.data, args.settings.split(",")), train_time, code)
     record["overrides"] = args.overrides
     results.setdefault("runs", {})[tag] = record
     if tag == PRIMARY:

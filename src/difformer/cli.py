@@ -1,4 +1,4 @@
-"""The `difformer` command: prepare, train, generate, evaluate, quickstart.
+"""The `difformer` command: prepare, train, generate, evaluate, analyze, quickstart.
 
 Argument names follow fairseq where a fairseq habit exists (--source-lang, --trainpref, --destdir,
 --max-tokens). Every user error is a DifformerError, printed as one line with exit code 2. A training run
@@ -215,6 +215,44 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         print(line)
 
 
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze", help="plot the paper's embedding-space analysis of a trained model (PNG + HTML report)",
+        description="Write to --out: embedding_norms.png (norm against token frequency, before and after the "
+        "embedding norm), training_curves.png (MSE, anchor loss and embedding norm over updates from the "
+        "training log(s); compare runs by giving several --log), trajectory.png (BLEU and token change rate "
+        "of the z0 prediction at every sampling step on --split), analysis.json and report.html (with the "
+        "tokens read off z0_hat at each step for a few sentences).")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--out", required=True, help="output directory (files in it are replaced)")
+    p.add_argument("--data", help="prepared directory (default: the data the model was trained on)")
+    p.add_argument("--split", default="valid", help="split of --data to trace the decoding on")
+    p.add_argument("--log", action="append", help="training log.jsonl (repeatable; default: the one beside "
+                   "the model directory)")
+    p.add_argument("--sentences", type=int, default=200, help="sentences of --split to decode")
+    p.add_argument("--show", type=int, default=5, help="sentences whose per-step tokens the report shows")
+    _add_decoding_args(p)
+    p.set_defaults(func=_run_analyze)
+
+
+def _run_analyze(args: argparse.Namespace) -> None:
+    from difformer.analyze import analyze
+
+    if args.sentences < 1 or args.show < 0:
+        raise DifformerError("--sentences must be >= 1 and --show >= 0")
+    options = _decoding_options(args)
+    fixed = sorted({"length_beam", "noise_beam", "early_stop", "selection"} & set(options))
+    if fixed:
+        raise DifformerError(f"analyze traces one candidate per sentence through every step; "
+                             f"{', '.join('--' + f.replace('_', '-') for f in fixed)} do not apply")
+    summary = analyze(args.model, args.out, args.data, args.log, args.split, args.sentences, args.show,
+                      args.precision, args.device, **options)
+    if "trajectory" in summary:
+        t = summary["trajectory"]
+        print(f"trajectory: BLEU per step {t['bleu']}; within 0.5 of the final from step {t['settle_step']}")
+    print(f"report: {Path(args.out) / 'report.html'}")
+
+
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quickstart", help="generate a toy translation task, train a small Difformer on it, and score it",
@@ -243,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_generate(sub)
     _add_evaluate(sub)
+    _add_analyze(sub)
     _add_quickstart(sub)
     return parser
 

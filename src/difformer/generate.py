@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -37,6 +38,20 @@ def length_batches(lengths: list[int], candidates: int, max_tokens: int) -> list
     return batches
 
 
+def source_batches(sources: list[list[int]], cfg: DecodeConfig, eos: int, pad: int,
+                   ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(input indices, padded sources with EOS, mask) in decoding order; empty sources are left out.
+
+    The order and grouping fix which noise each sentence gets under a seed, so everything that decodes
+    (generate, the trajectory analysis) batches through here.
+    """
+    todo = [i for i, s in enumerate(sources) if s]
+    for batch in length_batches([len(sources[i]) for i in todo], cfg.length_beam * cfg.noise_beam,
+                                cfg.max_tokens):
+        idx = [todo[j] for j in batch]
+        yield (idx, *pad_batch([sources[i] + [eos] for i in idx], pad))
+
+
 @torch.no_grad()
 def decode_ids(model: Difformer, schedule: Schedule, tokenizer: Tokenizer, sources: list[list[int]],
                cfg: DecodeConfig, precision: str = "fp32") -> list[str]:
@@ -46,10 +61,7 @@ def decode_ids(model: Difformer, schedule: Schedule, tokenizer: Tokenizer, sourc
     C = cfg.length_beam * cfg.noise_beam
     specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
     outputs = [""] * len(sources)
-    todo = [i for i, s in enumerate(sources) if s]
-    for batch in length_batches([len(sources[i]) for i in todo], C, cfg.max_tokens):
-        idx = [todo[j] for j in batch]
-        src, mask = pad_batch([sources[i] + [tokenizer.eos_id] for i in idx], tokenizer.pad_id)
+    for idx, src, mask in source_batches(sources, cfg, tokenizer.eos_id, tokenizer.pad_id):
         with autocast(precision, device):
             cand = generate_candidates(model, schedule, src.to(device), mask.to(device), cfg, generator)
         tokens, lengths = cand.tokens.tolist(), cand.lengths.tolist()

@@ -98,6 +98,11 @@ class PairDataset:
     def tgt(self, i: int) -> np.ndarray:
         return self._tgt[self._tgt_off[i]:self._tgt_off[i + 1]]
 
+    @property
+    def target_tokens(self) -> np.ndarray:
+        """Every target id of the split, pairs back to back (memory-mapped)."""
+        return self._tgt
+
 
 def _load(prefix: Path, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     try:

@@ -51,8 +51,12 @@ def denoise_loop(model: Difformer, schedule: Schedule, memory: torch.Tensor, src
 
 @torch.no_grad()
 def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor, src_mask: torch.Tensor,
-                        cfg: DecodeConfig, generator: torch.Generator | None = None) -> Candidates:
-    """Encode once, predict lengths, expand to l x n candidates per source and denoise them in one batch."""
+                        cfg: DecodeConfig, generator: torch.Generator | None = None,
+                        trace: list[torch.Tensor] | None = None) -> Candidates:
+    """Encode once, predict lengths, expand to l x n candidates per source and denoise them in one batch.
+
+    With `trace`, each step's z0_hat (B*C, L, e) is appended to it, as in `denoise_loop`.
+    """
     B = src.shape[0]
     l, n = cfg.length_beam, cfg.noise_beam
     memory, length_logits = model.encode(src, src_mask)
@@ -63,7 +67,7 @@ def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor,
     L = int(lengths.max())
     tgt_mask = torch.arange(L, device=src.device)[None, :] < lengths[:, None]  # (B*C, L)
 
-    z0_hat = denoise_loop(model, schedule, memory, src_mask, tgt_mask, cfg, generator)
+    z0_hat = denoise_loop(model, schedule, memory, src_mask, tgt_mask, cfg, generator, trace)
     logp = F.log_softmax(model.logits(z0_hat).float(), dim=-1)  # (B*C, L, V)
     best, tokens = logp.max(-1)
     scores = (best * tgt_mask).sum(1) / lengths

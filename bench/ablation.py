@@ -1,0 +1,177 @@
+"""Ablation of Difformer's three modules, and a noise-factor sweep, on Multi30k De->En (CPU budget).
+
+    python bench/ablation.py                               # all 11 runs, 25 minutes each (~5 h); resumable
+    python bench/ablation.py --runs full,baseline,full-anchor   # some of them, in this order
+    python bench/ablation.py --report                      # rewrite tables and plots from the JSON only
+
+Every run trains the `multi30k` preset for the same wall-clock budget with the module switches below,
+decodes test2016 with the default decoding (20 steps, 1 x 1 candidates) and records sacreBLEU, the final
+training MSE, anchor loss and mean embedding norm (log.jsonl running means over the last 50 updates),
+and the updates. The baseline is embedding diffusion as in Diffusion-LM: the rounding loss (CE of the
+clean z0) instead of the anchor loss, no embedding norm, F = 1. A finished run is recorded in
+results/ablation.json and skipped next time; a killed run continues from its last checkpoint. One
+training at a time: two on 2 cores distort both.
+
+Writes results/ablation.{json,md,png}, results/ablation_curves.png (the training curves of every run:
+the collapse shows there) and results/noise_factor.{json,md,png} (F in 1, 2, 3, 4, 6).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, commit, load_results, save_results, timed  # noqa: E402
+from multi30k import decode_test, prepared, run_record  # noqa: E402
+
+from difformer.analyze import plot_logs, read_log  # noqa: E402
+from difformer.config import load_config  # noqa: E402
+from difformer.train import train  # noqa: E402
+
+HERE = Path(__file__).parent
+FULL = {"diffusion.anchor": "anchor", "model.embed_norm": "input", "diffusion.noise_factor": 4.0}
+BASELINE = {"diffusion.anchor": "rounding", "model.embed_norm": "none", "diffusion.noise_factor": 1.0}
+MODULES = {"anchor": "diffusion.anchor", "norm": "model.embed_norm", "F": "diffusion.noise_factor"}
+SWEEP = (1.0, 2.0, 3.0, 4.0, 6.0)
+
+
+def arms() -> dict[str, dict]:
+    """Run tag -> module switches, most telling first: full, baseline, full minus one, baseline plus one,
+    then the noise factors the ablation does not already have (F = 1 is full-F, F = 4 is full)."""
+    runs = {"full": dict(FULL), "baseline": dict(BASELINE)}
+    runs.update({f"full-{m}": {**FULL, key: BASELINE[key]} for m, key in MODULES.items()})
+    runs.update({f"baseline+{m}": {**BASELINE, key: FULL[key]} for m, key in MODULES.items()})
+    runs.update({f"full-F{f:g}": {**FULL, "diffusion.noise_factor": f} for f in SWEEP
+                 if f not in (FULL["diffusion.noise_factor"], BASELINE["diffusion.noise_factor"])})
+    return runs
+
+
+def noise_factor_runs(runs: dict) -> list[tuple[float, str]]:
+    """(F, tag) of the recorded full-model runs that differ only in F, by F."""
+    out = [(s["diffusion.noise_factor"], tag) for tag, s in arms().items()
+           if tag in runs and {k: v for k, v in s.items() if k != "diffusion.noise_factor"}
+           == {k: v for k, v in FULL.items() if k != "diffusion.noise_factor"}]
+    return sorted(out)
+
+
+def final_stats(run: Path) -> dict:
+    last = {k: v[-1] for k, v in read_log(run / "log.jsonl").items()}
+    return {"final_mse": round(last["mse"], 4), "final_anchor": round(last["anchor"], 3),
+            "embed_norm": round(last["embed_norm"], 3)}
+
+
+def markdown(results: dict) -> str:
+    runs = results.get("runs", {})
+    lines = ["# Ablation of the three modules on Multi30k De->En (test2016), equal wall-clock budget", "",
+             "| run | anchor loss | embedding norm | F | updates | final MSE | anchor CE | mean embedding norm "
+             "| sacreBLEU |", "|---|---|---|---|---|---|---|---|---|"]
+    for tag, r in runs.items():
+        s = r["switches"]
+        lines.append(f"| {tag} | {s['diffusion.anchor']} | {s['model.embed_norm']} | "
+                     f"{s['diffusion.noise_factor']:g} | {r['updates']} | {r['final_mse']} | {r['final_anchor']} "
+                     f"| {r['embed_norm']} | {r['sacrebleu']} |")
+    missing = [t for t in arms() if t not in runs]
+    if missing:
+        lines += ["", f"Not yet run: {', '.join(missing)}."]
+    if runs:
+        any_run = next(iter(runs.values()))
+        lines += ["", "anchor CE is the cross-entropy of the predicted z0 through E^T in every run (logged even "
+                  "where it is not trained); final values are log.jsonl means over the last 50 updates.",
+                  f"Decoding: {any_run['results'][0]['setting']}. sacreBLEU signature: `{any_run['signature']}`",
+                  f"Machine: {any_run['machine']}", ""]
+        lines += [f"- `{tag}` ({r['train_minutes']} min, {r['train_cpu_minutes']} CPU min, commit {r['commit']}): "
+                  f"`{r['command']}`" for tag, r in runs.items()]
+    return "\n".join(lines) + "\n"
+
+
+def sweep_markdown(rows: list[dict]) -> str:
+    lines = ["# Noise factor sweep on Multi30k De->En (test2016), full Difformer, equal wall-clock budget", "",
+             "| F | run | updates | final MSE | sacreBLEU |", "|---|---|---|---|---|"]
+    lines += [f"| {r['noise_factor']:g} | {r['run']} | {r['updates']} | {r['final_mse']} | {r['sacrebleu']} |"
+              for r in rows]
+    missing = [f"{f:g}" for f in SWEEP if f not in {r["noise_factor"] for r in rows}]
+    if missing:
+        lines += ["", f"Not yet run: F = {', '.join(missing)}."]
+    lines += ["", "Rows are runs of `python bench/ablation.py` (see results/ablation.md for their commands)."]
+    return "\n".join(lines) + "\n"
+
+
+def report(results: dict, work: Path) -> None:
+    """Tables and plots from the recorded runs (and their logs, for the training curves)."""
+    runs = results.get("runs", {})
+    save_results("ablation", results, markdown(results))
+    rows = [{"noise_factor": f, "run": tag, **{k: runs[tag][k] for k in ("sacrebleu", "updates", "final_mse")}}
+            for f, tag in noise_factor_runs(runs)]
+    save_results("noise_factor", {"runs": rows}, sweep_markdown(rows))
+    if not runs:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(runs) + 1.2))
+    tags = list(runs)[::-1]
+    bars = ax.barh(tags, [runs[t]["sacrebleu"] for t in tags], color=["C1" if t == "full" else "C0" for t in tags])
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xlabel("test2016 sacreBLEU (20 steps, 1x1)")
+    ax.set_title("Ablation on Multi30k De->En, equal training time")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "ablation.png", dpi=110)
+    plt.close(fig)
+    if rows:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r["noise_factor"] for r in rows], [r["sacrebleu"] for r in rows], marker="o")
+        ax.set_xlabel("noise factor F (training)")
+        ax.set_ylabel("test2016 sacreBLEU")
+        ax.set_title("Noise factor sweep, Multi30k De->En")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(RESULTS / "noise_factor.png", dpi=110)
+        plt.close(fig)
+    logs = {tag: read_log(work / tag / "log.jsonl") for tag in runs if (work / tag / "log.jsonl").is_file()}
+    if logs:
+        plot_logs(logs, RESULTS / "ablation_curves.png")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "multi30k")
+    p.add_argument("--work", type=Path, default=HERE / "work")
+    p.add_argument("--minutes", type=float, default=25.0, help="training budget of every run")
+    p.add_argument("--runs", help=f"comma-separated tags to run, in order (default: all: {', '.join(arms())})")
+    p.add_argument("--report", action="store_true", help="only rewrite the tables and plots")
+    args = p.parse_args()
+    todo = args.runs.split(",") if args.runs else list(arms())
+    unknown = [t for t in todo if t not in arms()]
+    if unknown:
+        p.error(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(arms())}")
+    results = load_results("ablation")
+    runs_dir = args.work / "ablation"
+    for tag in [] if args.report else todo:
+        if tag in results.get("runs", {}):
+            print(f"{tag}: already recorded in bench/results/ablation.json; skipped")
+            continue
+        data = prepared(args.data, args.work)
+        run = runs_dir / tag
+        switches = arms()[tag]
+        cfg = load_config("multi30k", [f"train.data={data}", f"train.save_dir={run}",
+                                       f"train.max_minutes={args.minutes}",
+                                       *(f"{k}={v}" for k, v in switches.items())])
+        print(f"{tag}: training {args.minutes:g} minutes with {switches}", flush=True)
+        code, train_time = commit(), None
+        if not (run / "model" / "model.safetensors").exists():
+            with timed() as train_time:
+                train(cfg, resume=(run / "checkpoints" / "last.json").exists())
+        record = run_record(run, decode_test(run / "model", args.data, ["1x1"]), train_time, code)
+        record.update(switches=switches, **final_stats(run))
+        results.setdefault("runs", {})[tag] = record
+        report(results, runs_dir)  # after every run, so a stopped sweep still has its tables
+        print(f"{tag}: test2016 sacreBLEU {record['sacrebleu']}, final MSE {record['final_mse']}, "
+              f"embedding norm {record['embed_norm']}", flush=True)
+    report(results, runs_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""`difformer analyze`: the embedding-norm numbers by hand, the trajectory against `generate`, every file
+written by the command, and the ablation's runs switching exactly the modules they name."""
+import importlib.util
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from difformer.analyze import analyze, embedding_norms, read_log, settle_step, spearman, trajectory
+from difformer.config import DecodeConfig, ModelConfig
+from difformer.data.binarize import PairDataset
+from difformer.errors import DifformerError
+from difformer.generate import decode_ids, load
+from difformer.metrics import corpus_bleu
+from difformer.model.difformer import Difformer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def untrained(embed_norm: str) -> Difformer:
+    torch.manual_seed(0)
+    return Difformer(ModelConfig(vocab_size=20, embed_dim=8, d_model=16, n_heads=2, ffn_dim=32, enc_layers=1,
+                                 dec_layers=1, max_positions=16, embed_norm=embed_norm))
+
+
+@pytest.mark.parametrize("placement", ["input", "before_noise", "none"])
+def test_embedding_norms_by_hand(placement):
+    model = untrained(placement)
+    with torch.no_grad():  # unequal token norms (as frequency makes them), and a decoder input they dominate
+        model.embed.weight.mul_(torch.linspace(0.2, 5.0, 20)[:, None])
+        for layer in (model.proj_in, model.in_mlp[0], model.in_mlp[2]):
+            torch.nn.init.normal_(layer.weight, std=0.5)
+    norms = embedding_norms(model)
+    expected = (model.embed.weight * math.sqrt(8)).norm(dim=-1).detach().numpy()
+    np.testing.assert_allclose(norms["embedding"], expected, rtol=1e-5)
+    if placement == "none":
+        assert set(norms) == {"embedding"}
+        return
+    # a fresh LayerNorm (gain 1, bias 0) gives every token nearly the norm sqrt(width): unequal norms even out
+    width = 16 if placement == "input" else 8
+    after, before = norms["after_norm"], norms["before_norm"]
+    assert after.max() <= math.sqrt(width) and after.std() < 1e-3 * after.mean()
+    assert before.std() > 0.2 * before.mean()
+
+
+def test_spearman():
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert spearman(x, x ** 3) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    # ties take average ranks: y ranks 1.5, 1.5, 3, 4, 5
+    assert spearman(x, np.array([0.0, 0.0, 1.0, 2.0, 3.0])) == pytest.approx(0.9746794, rel=1e-6)
+
+
+def test_settle_step():
+    assert settle_step([1.0, 5.0, 9.0, 9.2, 9.1]) == 3
+    assert settle_step([9.0, 9.0]) == 1
+    assert settle_step([1.0, 9.0]) == 2
+
+
+def test_read_log_keeps_training_records_and_names_a_bad_line(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"update": 5, "mse": 1.0, "anchor": 3.0, "embed_norm": 2.0}\n{"valid_bleu": 1.0}\n'
+                   '{"update": 10, "mse": 0.5, "anchor": 2.0, "embed_norm": 2.5}\n')
+    assert read_log(log) == {"update": [5.0, 10.0], "mse": [1.0, 0.5], "anchor": [3.0, 2.0], "embed_norm": [2.0, 2.5]}
+    log.write_text('{"update": 5, "mse": 1.0, "anchor": 3.0, "embed_norm": 2.0}\n{"upd\n')
+    with pytest.raises(DifformerError, match=r"log.jsonl:2: not a JSON line"):
+        read_log(log)
+    log.write_text('{"valid_bleu": 1.0}\n')
+    with pytest.raises(DifformerError, match="no training records"):
+        read_log(log)
+
+
+def test_trajectory_ends_with_what_generate_outputs(trained_model, tiny_data, one_thread):
+    pipe = load(trained_model, precision="fp32")
+    data = PairDataset(tiny_data, "valid")
+    sources = [data.src(i).tolist() for i in range(len(data))]
+    refs = pipe.tokenizer.decode([data.tgt(i).tolist() for i in range(len(data))])
+    traj = trajectory(pipe, sources, refs, steps=8, max_tokens=300)  # several batches
+    hyps = decode_ids(pipe.model, pipe.schedule, pipe.tokenizer, sources, DecodeConfig(steps=8, max_tokens=300))
+    assert traj["texts"][-1] == hyps
+    assert traj["bleu"][-1] == round(corpus_bleu(hyps, refs).score, 2)
+    assert len(traj["bleu"]) == len(traj["change_rate"]) == len(traj["timesteps"]) == 8
+    assert traj["change_rate"][0] is None and all(0 <= c <= 1 for c in traj["change_rate"][1:])
+    assert traj["change_rate"][-1] < traj["change_rate"][1]  # the prediction settles as the noise goes
+
+
+def _png_ok(path: Path) -> None:
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert image[..., :3].std() > 0.01  # not a blank canvas
+
+
+def test_analyze_writes_every_plot_and_the_report(trained_model, tiny_data, tmp_path, one_thread):
+    out = tmp_path / "analysis"
+    summary = analyze(trained_model, out, sentences=30, show=2, steps=6)  # data and log found from the model
+    assert sorted(p.name for p in out.iterdir()) == ["analysis.json", "embedding_norms.png", "report.html",
+                                                      "training_curves.png", "trajectory.png"]
+    for png in out.glob("*.png"):
+        _png_ok(png)
+    assert json.loads((out / "analysis.json").read_text()) == summary
+    assert summary["data"] == str(tiny_data) and summary["trajectory"]["sentences"] == 30
+    assert set(summary["spearman_count_vs_norm"]) == set(summary["norm_spread"]) == {"embedding", "before_norm",
+                                                                                    "after_norm"}
+    html = (out / "report.html").read_text()
+    for name in ("embedding_norms.png", "training_curves.png", "trajectory.png"):
+        assert f"src='{name}'" in html
+    first = summary["examples"][0]
+    assert len(first["steps"]) == 6 and first["reference"] in html
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".analysis.tmp")]
+
+
+def test_analyze_cli_without_data_and_its_errors(trained_model, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "difformer.cli", "analyze", *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+
+    # a model whose training data is gone: norms against token id, no trajectory, still a report
+    moved = tmp_path / "model"
+    shutil.copytree(trained_model, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["train"]["data"] = str(tmp_path / "gone")
+    (moved / "config.json").write_text(json.dumps(config))
+    r = cli("--model", moved, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["analysis.json", "embedding_norms.png",
+                                                                     "report.html"]
+    _png_ok(tmp_path / "out" / "embedding_norms.png")
+    assert "pass --data DIR" in (tmp_path / "out" / "report.html").read_text()
+
+    r = cli("--model", trained_model, "--out", tmp_path / "x", "--length-beam", "3")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--length-beam do not apply" in r.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    r = cli("--model", trained_model, "--out", tmp_path / "y", "--log", bad)
+    assert r.returncode == 2 and r.stderr.strip().endswith("bad.jsonl:1: not a JSON line")
+    assert not (tmp_path / "y").exists()
+
+
+def _ablation():
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "bench" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_runs_switch_exactly_the_modules_they_name():
+    ab = _ablation()
+    runs = ab.arms()
+    assert runs["full"] == {"diffusion.anchor": "anchor", "model.embed_norm": "input", "diffusion.noise_factor": 4.0}
+    assert runs["baseline"] == {"diffusion.anchor": "rounding", "model.embed_norm": "none",
+                                "diffusion.noise_factor": 1.0}
+    for module, key in ab.MODULES.items():
+        for start, sign in (("full", "-"), ("baseline", "+")):
+            changed = {k for k in runs[start] if runs[f"{start}{sign}{module}"][k] != runs[start][k]}
+            assert changed == {key}
+    assert sorted(f for f, _ in ab.noise_factor_runs(runs)) == [1.0, 2.0, 3.0, 4.0, 6.0]
+    assert len(runs) == 11
