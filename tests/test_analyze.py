@@ -163,3 +163,27 @@ def test_ablation_runs_switch_exactly_the_modules_they_name():
             assert changed == {key}
     assert sorted(f for f, _ in ab.noise_factor_runs(runs)) == [1.0, 2.0, 3.0, 4.0, 6.0]
     assert len(runs) == 11
+
+
+def test_ablation_report_tables_and_plots(tmp_path, monkeypatch):
+    ab = _ablation()
+    monkeypatch.setattr(sys.modules["common"], "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(ab, "RESULTS", tmp_path / "results")
+    runs, work = {}, tmp_path / "work"
+    for i, tag in enumerate(["full", "full-F", "full-F2", "baseline"]):
+        (work / tag).mkdir(parents=True)
+        (work / tag / "log.jsonl").write_text("".join(
+            json.dumps({"update": u, "mse": 1.0 / u, "anchor": 5.0 - u / 100, "embed_norm": 10.0 + i}) + "\n"
+            for u in (50, 100, 150)))
+        runs[tag] = {"switches": ab.arms()[tag], "updates": 150, "sacrebleu": 10.0 + i, "signature": "sig",
+                     "machine": "m", "command": "c", "commit": "x", "train_minutes": 1.0, "train_cpu_minutes": 2.0,
+                     "results": [{"setting": "steps=20"}], **ab.final_stats(work / tag)}
+    ab.report({"runs": runs}, work)
+    md = (tmp_path / "results" / "ablation.md").read_text()
+    assert "| full-F2 | anchor | input | 2 | 150 | 0.0067 | 3.5 | 12.0 | 12.0 |" in md
+    assert "Not yet run: full-anchor, full-norm, baseline+anchor, baseline+norm, baseline+F, full-F3, full-F6." in md
+    sweep = json.loads((tmp_path / "results" / "noise_factor.json").read_text())["runs"]
+    assert [(r["noise_factor"], r["run"], r["sacrebleu"]) for r in sweep] == [
+        (1.0, "full-F", 11.0), (2.0, "full-F2", 12.0), (4.0, "full", 10.0)]
+    for png in ("ablation.png", "noise_factor.png", "ablation_curves.png"):
+        _png_ok(tmp_path / "results" / png)
