@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from difformer.analyze import analyze, embedding_norms, read_log, settle_step, spearman, trajectory
+from difformer.analyze import (analyze, embedding_norms, norm_by_count, read_log, settle_step, spearman,
+                               trajectory)
 from difformer.config import DecodeConfig, ModelConfig
 from difformer.data.binarize import PairDataset
 from difformer.errors import DifformerError
@@ -47,6 +48,14 @@ def test_embedding_norms_by_hand(placement):
     after, before = norms["after_norm"], norms["before_norm"]
     assert after.max() <= math.sqrt(width) and after.std() < 1e-3 * after.mean()
     assert before.std() > 0.2 * before.mean()
+
+
+def test_norm_by_count_buckets():
+    counts = np.array([0, 0, 1, 5, 5, 2000, 7])
+    norm = np.array([9.0, 1.0, 2.0, 3.0, 5.0, 8.0, 100.0])
+    assert norm_by_count(norm, counts, specials={0}) == {
+        "0": {"tokens": 1, "median_norm": 1.0}, "1": {"tokens": 1, "median_norm": 2.0},
+        "4-10": {"tokens": 3, "median_norm": 5.0}, ">1000": {"tokens": 1, "median_norm": 8.0}}
 
 
 def test_spearman():

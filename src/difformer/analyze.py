@@ -57,6 +57,21 @@ def embedding_norms(model) -> dict[str, np.ndarray]:
     return out
 
 
+COUNT_BUCKETS = ((0, 0), (1, 1), (2, 3), (4, 10), (11, 30), (31, 100), (101, 1000), (1001, None))
+
+
+def norm_by_count(norm: np.ndarray, counts: np.ndarray, specials: set[int]) -> dict[str, dict]:
+    """Median norm and number of tokens per bucket of training-target count ("0": never a target)."""
+    out = {}
+    ordinary = np.array([v not in specials for v in range(len(norm))])
+    for lo, hi in COUNT_BUCKETS:
+        m = ordinary & (counts >= lo) & (counts <= (hi if hi is not None else counts.max()))
+        name = f"{lo}" if lo == hi else f"{lo}-{hi}" if hi else f">{lo - 1}"
+        if m.any():
+            out[name] = {"tokens": int(m.sum()), "median_norm": round(float(np.median(norm[m])), 2)}
+    return out
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties)."""
     def ranks(a: np.ndarray) -> np.ndarray:
@@ -249,6 +264,7 @@ def analyze(model_dir: str | Path, out: str | Path, data_dir: str | Path | None 
     summary["norm_spread"] = {k: round(float(v[seen].std() / v[seen].mean()), 4) for k, v in norms.items()}
     if counts is not None:
         summary["spearman_count_vs_norm"] = {k: round(spearman(counts[seen], v[seen]), 4) for k, v in norms.items()}
+        summary["median_norm_by_count"] = norm_by_count(norms["embedding"], counts, specials)
 
     curves = {_log_name(Path(p)): read_log(Path(p)) for p in logs}
     summary["logs"] = {name: {k: c[k][-1] for k in ("update", "mse", "anchor", "embed_norm")}
@@ -321,6 +337,10 @@ def report_html(s: dict) -> str:
         rho = ", ".join(f"{e(k)} {v}" for k, v in s["spearman_count_vs_norm"].items())
         parts.append(f"<p>Spearman correlation of training-target frequency with norm: {rho} "
                      "(positive: frequent tokens have larger norms).</p>")
+        rows = "".join(f"<tr><td>{e(k)}</td><td>{v['tokens']}</td><td>{v['median_norm']}</td></tr>"
+                       for k, v in s["median_norm_by_count"].items())
+        parts.append("<table><tr><th>times in the training targets</th><th>tokens</th>"
+                     f"<th>median ||sqrt(e) E[v]||</th></tr>{rows}</table>")
     else:
         parts.append("<p>No data: norms are plotted against token id. Pass --data for frequencies.</p>")
     parts.append("<img src='embedding_norms.png' width='100%'>")
