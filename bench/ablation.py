@@ -48,11 +48,9 @@ def arms() -> dict[str, dict]:
 
 
 def noise_factor_runs(runs: dict) -> list[tuple[float, str]]:
-    """(F, tag) of the recorded full-model runs that differ only in F, by F."""
-    out = [(s["diffusion.noise_factor"], tag) for tag, s in arms().items()
-           if tag in runs and {k: v for k, v in s.items() if k != "diffusion.noise_factor"}
-           == {k: v for k, v in FULL.items() if k != "diffusion.noise_factor"}]
-    return sorted(out)
+    """(F, tag) of the recorded full-model runs that differ only in F (full, full-F, full-F2, ...), by F."""
+    return sorted((s["diffusion.noise_factor"], tag) for tag, s in arms().items()
+                  if tag in runs and (tag == "full" or tag.startswith("full-F")))
 
 
 def final_stats(run: Path) -> dict:
@@ -143,10 +141,11 @@ def main() -> None:
     p.add_argument("--runs", help=f"comma-separated tags to run, in order (default: all: {', '.join(arms())})")
     p.add_argument("--report", action="store_true", help="only rewrite the tables and plots")
     args = p.parse_args()
-    todo = args.runs.split(",") if args.runs else list(arms())
-    unknown = [t for t in todo if t not in arms()]
+    known = arms()
+    todo = args.runs.split(",") if args.runs else list(known)
+    unknown = [t for t in todo if t not in known]
     if unknown:
-        p.error(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(arms())}")
+        p.error(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(known)}")
     results = load_results("ablation")
     runs_dir = args.work / "ablation"
     for tag in [] if args.report else todo:
@@ -155,7 +154,7 @@ def main() -> None:
             continue
         data = prepared(args.data, args.work)
         run = runs_dir / tag
-        switches = arms()[tag]
+        switches = known[tag]
         cfg = load_config("multi30k", [f"train.data={data}", f"train.save_dir={run}",
                                        f"train.max_minutes={args.minutes}",
                                        *(f"{k}={v}" for k, v in switches.items())])

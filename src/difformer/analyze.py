@@ -26,6 +26,7 @@ from difformer.diffusion.sampling import generate_candidates, strip_specials
 from difformer.errors import DifformerError
 from difformer.generate import Pipeline, load, source_batches
 from difformer.metrics import corpus_bleu
+from difformer.model.difformer import timestep_features
 from difformer.precision import autocast
 
 
@@ -48,8 +49,6 @@ def embedding_norms(model) -> dict[str, np.ndarray]:
     if model.cfg.embed_norm == "before_noise":
         out["before_norm"], out["after_norm"] = out["embedding"], model.target_norm(z0).norm(dim=-1).numpy()
     elif model.cfg.embed_norm == "input":
-        from difformer.model.difformer import timestep_features
-
         d = model.cfg.d_model
         h = model.in_mlp(torch.cat([model.proj_in(z0), model.proj_in(torch.zeros_like(z0))], dim=-1))
         h = h + model.time_mlp(timestep_features(torch.zeros(1), d)) + model.dec_pos.weight[0]
@@ -57,16 +56,16 @@ def embedding_norms(model) -> dict[str, np.ndarray]:
     return out
 
 
-COUNT_BUCKETS = ((0, 0), (1, 1), (2, 3), (4, 10), (11, 30), (31, 100), (101, 1000), (1001, None))
+COUNT_BUCKETS = ((0, 0), (1, 1), (2, 3), (4, 10), (11, 30), (31, 100), (101, 1000), (1001, math.inf))
 
 
 def norm_by_count(norm: np.ndarray, counts: np.ndarray, specials: set[int]) -> dict[str, dict]:
     """Median norm and number of tokens per bucket of training-target count ("0": never a target)."""
     out = {}
-    ordinary = np.array([v not in specials for v in range(len(norm))])
+    ordinary = ~np.isin(np.arange(len(norm)), list(specials))
     for lo, hi in COUNT_BUCKETS:
-        m = ordinary & (counts >= lo) & (counts <= (hi if hi is not None else counts.max()))
-        name = f"{lo}" if lo == hi else f"{lo}-{hi}" if hi else f">{lo - 1}"
+        m = ordinary & (counts >= lo) & (counts <= hi)
+        name = f"{lo}" if lo == hi else f">{lo - 1}" if hi == math.inf else f"{lo}-{hi}"
         if m.any():
             out[name] = {"tokens": int(m.sum()), "median_norm": round(float(np.median(norm[m])), 2)}
     return out
@@ -259,7 +258,9 @@ def analyze(model_dir: str | Path, out: str | Path, data_dir: str | Path | None 
     norms = embedding_norms(pipe.model)
     counts = token_counts(PairDataset(data_dir, "train"), cfg.model.vocab_size) if data_dir else None
     summary["mean_embedding_norm"] = round(float(norms["embedding"].mean()), 4)
-    seen = np.array([v not in specials and (counts is None or counts[v] > 0) for v in range(len(norms["embedding"]))])
+    seen = ~np.isin(np.arange(cfg.model.vocab_size), list(specials))
+    if counts is not None:
+        seen &= counts > 0
     summary["tokens_plotted"] = int(seen.sum())  # without specials, and only those in the training targets
     summary["norm_spread"] = {k: round(float(v[seen].std() / v[seen].mean()), 4) for k, v in norms.items()}
     if counts is not None:

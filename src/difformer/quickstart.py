@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from difformer.config import PRESETS, load_config
+from difformer.config import load_config
 from difformer.data.prepare import format_summary, prepare
 from difformer.data.toy import make_numbers_corpus
 from difformer.generate import load
@@ -25,7 +25,7 @@ def quickstart(workdir: str | Path, minutes: float = 5.0, seed: int = 1) -> floa
     print(format_summary(info))
     print(f"[3/4] training for at most {minutes:g} minutes into {run}")
     shutil.rmtree(run, ignore_errors=True)
-    cfg = load_config(str(PRESETS / "quickstart.yaml"), [f"train.data={data}", f"train.save_dir={run}",
+    cfg = load_config("quickstart", [f"train.data={data}", f"train.save_dir={run}",
                                      f"train.max_minutes={minutes}", f"train.seed={seed}"])
     model_dir = train(cfg)
     print(f"[4/4] decoding the test set with {model_dir}")
