@@ -1,6 +1,6 @@
 """Ablation of Difformer's three modules, and a noise-factor sweep, on Multi30k De->En (CPU budget).
 
-    python bench/ablation.py                               # all 11 runs, 25 minutes each (~5 h); resumable
+    python bench/ablation.py                               # all 12 runs, 25 minutes each (~5.5 h); resumable
     python bench/ablation.py --runs full,baseline,full-anchor   # some of them, in this order
     python bench/ablation.py --report                      # rewrite tables and plots from the JSON only
 
@@ -8,7 +8,8 @@ Every run trains the `multi30k` preset for the same wall-clock budget with the m
 decodes test2016 with the default decoding (20 steps, 1 x 1 candidates) and records sacreBLEU, the final
 training MSE, anchor loss and mean embedding norm (log.jsonl running means over the last 50 updates),
 and the updates. The baseline is embedding diffusion as in Diffusion-LM: the rounding loss (CE of the
-clean z0) instead of the anchor loss, no embedding norm, F = 1. A finished run is recorded in
+clean z0) instead of the anchor loss, no embedding norm, F = 1; "mse-only" is the full model with no
+token loss at all (the collapse setting of the paper's first claim). A finished run is recorded in
 results/ablation.json and skipped next time; a killed run continues from its last checkpoint. One
 training at a time: two on 2 cores distort both.
 
@@ -18,6 +19,7 @@ the collapse shows there) and results/noise_factor.{json,md,png} (F in 1, 2, 3, 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -38,12 +40,15 @@ SWEEP = (1.0, 2.0, 3.0, 4.0, 6.0)
 
 def arms() -> dict[str, dict]:
     """Run tag -> module switches, most telling first: full, baseline, full minus one, baseline plus one,
-    then the noise factors the ablation does not already have (F = 1 is full-F, F = 4 is full)."""
+    the noise factors the ablation does not already have (F = 1 is full-F, F = 4 is full), and MSE alone.
+    "full-anchor" swaps the anchor loss for the rounding loss (the paper's baseline); "mse-only" drops every
+    token loss, the setting in which the paper says the embeddings collapse."""
     runs = {"full": dict(FULL), "baseline": dict(BASELINE)}
     runs.update({f"full-{m}": {**FULL, key: BASELINE[key]} for m, key in MODULES.items()})
     runs.update({f"baseline+{m}": {**BASELINE, key: FULL[key]} for m, key in MODULES.items()})
     runs.update({f"full-F{f:g}": {**FULL, "diffusion.noise_factor": f} for f in SWEEP
                  if f not in (FULL["diffusion.noise_factor"], BASELINE["diffusion.noise_factor"])})
+    runs["mse-only"] = {**FULL, "diffusion.anchor": "none"}  # claim 1 as stated: no token loss at all
     return runs
 
 
@@ -51,6 +56,17 @@ def noise_factor_runs(runs: dict) -> list[tuple[float, str]]:
     """(F, tag) of the recorded full-model runs that differ only in F (full, full-F, full-F2, ...), by F."""
     return sorted((s["diffusion.noise_factor"], tag) for tag, s in arms().items()
                   if tag in runs and (tag == "full" or tag.startswith("full-F")))
+
+
+def run_command(tag: str, argv: list[str]) -> str:
+    """The command line that reproduces one run: this script's arguments with `--runs TAG`."""
+    args, rest = [], iter(argv)
+    for a in rest:
+        if a == "--runs":
+            next(rest, None)
+        elif not a.startswith("--runs="):
+            args.append(a)
+    return "python " + " ".join(shlex.quote(a) for a in [*args, "--runs", tag])
 
 
 def final_stats(run: Path) -> dict:
@@ -164,7 +180,7 @@ def main() -> None:
             with timed() as train_time:
                 train(cfg, resume=(run / "checkpoints" / "last.json").exists())
         record = run_record(run, decode_test(run / "model", args.data, ["1x1"]), train_time, code)
-        record.update(switches=switches, **final_stats(run))
+        record.update(switches=switches, command=run_command(tag, sys.argv), **final_stats(run))
         results.setdefault("runs", {})[tag] = record
         report(results, runs_dir)  # after every run, so a stopped sweep still has its tables
         print(f"{tag}: test2016 sacreBLEU {record['sacrebleu']}, final MSE {record['final_mse']}, "

@@ -170,8 +170,19 @@ def test_ablation_runs_switch_exactly_the_modules_they_name():
         for start, sign in (("full", "-"), ("baseline", "+")):
             changed = {k for k in runs[start] if runs[f"{start}{sign}{module}"][k] != runs[start][k]}
             assert changed == {key}
+    assert {k for k in runs["full"] if runs["mse-only"][k] != runs["full"][k]} == {"diffusion.anchor"}
+    assert runs["mse-only"]["diffusion.anchor"] == "none"
     assert sorted(f for f, _ in ab.noise_factor_runs(runs)) == [1.0, 2.0, 3.0, 4.0, 6.0]
-    assert len(runs) == 11
+    assert len(runs) == 12
+
+
+def test_ablation_records_the_command_of_each_run():
+    ab = _ablation()
+    assert ab.run_command("full", ["bench/ablation.py", "--runs", "mse-only,full", "--minutes", "5"]) == \
+        "python bench/ablation.py --minutes 5 --runs full"
+    assert ab.run_command("baseline", ["bench/ablation.py", "--runs=full,baseline"]) == \
+        "python bench/ablation.py --runs baseline"
+    assert ab.run_command("full", ["bench/ablation.py"]) == "python bench/ablation.py --runs full"
 
 
 def test_ablation_report_tables_and_plots(tmp_path, monkeypatch):
@@ -190,7 +201,7 @@ def test_ablation_report_tables_and_plots(tmp_path, monkeypatch):
     ab.report({"runs": runs}, work)
     md = (tmp_path / "results" / "ablation.md").read_text()
     assert "| full-F2 | anchor | input | 2 | 150 | 0.0067 | 3.5 | 12.0 | 12.0 |" in md
-    assert "Not yet run: full-anchor, full-norm, baseline+anchor, baseline+norm, baseline+F, full-F3, full-F6." in md
+    assert "Not yet run: full-anchor, full-norm, baseline+anchor, baseline+norm, baseline+F, full-F3, full-F6, mse-only." in md
     sweep = json.loads((tmp_path / "results" / "noise_factor.json").read_text())["runs"]
     assert [(r["noise_factor"], r["run"], r["sacrebleu"]) for r in sweep] == [
         (1.0, "full-F", 11.0), (2.0, "full-F2", 12.0), (4.0, "full", 10.0)]
