@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, commit, load_results, save_results, timed  # noqa: E402
 from multi30k import decode_test, prepared, run_record  # noqa: E402
 
-from difformer.analyze import plot_logs, read_log  # noqa: E402
+from difformer.analyze import plot_logs, pyplot, read_log  # noqa: E402
 from difformer.config import load_config  # noqa: E402
 from difformer.train import train  # noqa: E402
 
@@ -120,10 +120,7 @@ def report(results: dict, work: Path) -> None:
     save_results("noise_factor", {"runs": rows}, sweep_markdown(rows))
     if not runs:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(runs) + 1.2))
     tags = list(runs)[::-1]
@@ -179,6 +176,8 @@ def main() -> None:
         if not (run / "model" / "model.safetensors").exists():
             with timed() as train_time:
                 train(cfg, resume=(run / "checkpoints" / "last.json").exists())
+            if not (run / "model" / "model.safetensors").exists():  # stopped by a signal: checkpoint saved
+                sys.exit(f"{tag}: training stopped; run the same command again to continue from its checkpoint")
         record = run_record(run, decode_test(run / "model", args.data, ["1x1"]), train_time, code)
         record.update(switches=switches, command=run_command(tag, sys.argv), **final_stats(run))
         results.setdefault("runs", {})[tag] = record

@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import command, commit, load_results, machine, save_results, timed  # noqa: E402
 
+from difformer.analyze import pyplot  # noqa: E402
 from difformer.config import load_config  # noqa: E402
 from difformer.data.prepare import prepare  # noqa: E402
 from difformer.generate import load  # noqa: E402
@@ -99,10 +100,7 @@ def markdown(results: dict) -> str:
 
 def plot(results: dict) -> None:
     """Validation BLEU (300 valid sentences, 1x1) over training minutes for every run, test BLEU as a dot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for tag, r in results.get("runs", {}).items():
@@ -143,6 +141,8 @@ def main() -> None:
     if not (run / "model" / "model.safetensors").exists():
         with timed() as train_time:
             train(cfg, resume=(run / "checkpoints" / "last.json").exists())
+        if not (run / "model" / "model.safetensors").exists():  # stopped by a signal: checkpoint saved
+            sys.exit(f"{tag}: training stopped; run the same command again to continue from its checkpoint")
     record = run_record(run, decode_test(run / "model", args.data, args.settings.split(",")), train_time, code)
     record["overrides"] = args.overrides
     results.setdefault("runs", {})[tag] = record

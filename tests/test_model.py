@@ -1,8 +1,10 @@
 """The denoiser's structure: length classes, bidirectional decoding, padding invariance, sampler behaviour."""
+import dataclasses
+
 import torch
 
 from difformer.config import DecodeConfig, ModelConfig
-from difformer.diffusion.sampling import generate_candidates
+from difformer.diffusion.sampling import CandidateNoise, generate_candidates
 from difformer.diffusion.schedule import Schedule
 from difformer.model.difformer import Difformer, length_targets, predict_lengths
 
@@ -69,7 +71,7 @@ def test_candidates_have_the_promised_shapes_and_are_deterministic_under_a_seed(
     model, schedule = tiny(), Schedule("sqrt", 2000)
     src = torch.tensor([[4, 5, 6, 3], [7, 3, 0, 0]])
     cfg = DecodeConfig(steps=5, length_beam=3, noise_beam=2)
-    run = lambda seed: generate_candidates(model, schedule, src, src != 0, cfg, torch.Generator().manual_seed(seed))
+    run = lambda seed: generate_candidates(model, schedule, src, src != 0, dataclasses.replace(cfg, seed=seed))
     a, b, c = run(0), run(0), run(1)
     assert a.tokens.shape[:2] == (2, 6) and a.lengths.shape == (2, 6) and a.scores.shape == (2, 6)
     assert a.tokens.shape[2] == int(a.lengths.max())
@@ -80,14 +82,51 @@ def test_candidates_have_the_promised_shapes_and_are_deterministic_under_a_seed(
     assert torch.all(a.scores <= 0)
 
 
+def test_a_source_gets_the_same_candidates_alone_or_in_a_padded_batch():
+    """Each candidate's noise is seeded by its own source: neighbours and padding change nothing."""
+    model, schedule = tiny(), Schedule("sqrt", 2000)
+    encode = model.encode
+
+    def same_length_as_source(src, src_mask):  # so that the longer source pads the shorter one's candidates
+        memory, logits = encode(src, src_mask)
+        return memory, torch.nn.functional.one_hot(torch.full_like(src[:, 0], logits.shape[-1] // 2),
+                                                   logits.shape[-1]).float()
+
+    model.encode = same_length_as_source
+    cfg = DecodeConfig(steps=5, length_beam=2, noise_beam=2)
+    alone = torch.tensor([[7, 8, 3]])
+    batch = torch.tensor([[4, 5, 6, 9, 10, 11, 12, 13, 3], [7, 8, 3, 0, 0, 0, 0, 0, 0]])
+    a = generate_candidates(model, schedule, alone, alone != 0, cfg)
+    b = generate_candidates(model, schedule, batch, batch != 0, cfg)
+    assert torch.equal(a.lengths[0], b.lengths[1]) and b.tokens.shape[2] > a.tokens.shape[2]
+    for c, n in enumerate(a.lengths[0].tolist()):
+        assert torch.equal(a.tokens[0, c, :n], b.tokens[1, c, :n])
+    assert torch.allclose(a.scores[0], b.scores[1], atol=1e-3)  # float rounding of other shapes only
+
+
+def test_candidate_noise_is_a_function_of_source_seed_and_candidate():
+    one = torch.tensor([[7, 8, 3]])
+    two = torch.tensor([[4, 5, 6, 3], [7, 8, 3, 0]])
+    a = CandidateNoise(one, one != 0, torch.tensor([3, 3]), seed=0)(torch.empty(2, 3, 4))
+    b = CandidateNoise(two, two != 0, torch.tensor([4, 4, 3, 3]), seed=0)(torch.empty(4, 5, 4))
+    assert torch.equal(a, b[2:, :3]) and not b[2:, 3:].any()  # same draws, zero beyond the length
+    assert not torch.allclose(a[0], a[1])  # two candidates of one source
+    assert not torch.allclose(b[0, :3], b[2, :3])  # two sources
+    c = CandidateNoise(one, one != 0, torch.tensor([3, 3]), seed=1)(torch.empty(2, 3, 4))
+    assert not torch.allclose(a, c)
+    noise = CandidateNoise(one, one != 0, torch.tensor([3, 3]), seed=0)
+    first, second = noise(torch.empty(2, 3, 4)), noise(torch.empty(2, 3, 4))
+    assert torch.equal(first, a) and not torch.allclose(first, second)  # every step draws afresh
+
+
 def test_early_stop_and_ddim_and_clamp_run():
     model, schedule = tiny(), Schedule("sqrt", 2000)
     src = torch.tensor([[4, 5, 6, 3]])
     for cfg in (DecodeConfig(steps=10, early_stop=4), DecodeConfig(steps=4, sampler="ddim"),
                 DecodeConfig(steps=4, clamp=True)):
-        out = generate_candidates(model, schedule, src, src != 0, cfg, torch.Generator().manual_seed(0))
+        out = generate_candidates(model, schedule, src, src != 0, cfg)
         assert out.tokens.shape[:2] == (1, 1)
     ddim = DecodeConfig(steps=4, sampler="ddim")
-    one = generate_candidates(model, schedule, src, src != 0, ddim, torch.Generator().manual_seed(0))
-    two = generate_candidates(model, schedule, src, src != 0, ddim, torch.Generator().manual_seed(0))
+    one = generate_candidates(model, schedule, src, src != 0, ddim)
+    two = generate_candidates(model, schedule, src, src != 0, ddim)
     assert torch.equal(one.tokens, two.tokens)

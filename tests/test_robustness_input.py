@@ -161,6 +161,8 @@ def test_reader_closing_the_pipe_early_gives_exit_141_and_no_traceback(model_dir
     ("--steps", "0", "decode.steps must be >= 1"),
     ("--max-tokens", "-5", "decode.max_tokens must be positive"),
     ("--early-stop", "99", "decode.early_stop must be in [0, steps]"),
+    ("--steps", "100000", "steps (100000) exceeds the model's"),
+    ("--seed", "-1", "decode.seed must be in [0, 2^63)"),
 ])
 def test_bad_decoding_options_are_one_line(model_dir, capsys, option, value, words):
     assert main(["generate", "--model", str(model_dir), option, value]) == 2

@@ -131,3 +131,11 @@ def test_generate_returns_one_output_per_input(pipe, texts):
     assert all(o == "" for t, o in zip(texts, outputs) if not t.strip())
     limit = pipe.config.model.max_positions - 1
     assert pipe.truncated == [i for i, t in enumerate(texts) if len(pipe.tokenizer.encode([t.strip()])[0]) > limit]
+
+
+def test_an_output_depends_on_its_own_input_only(pipe):
+    """Not on the other inputs, their order, or the batch size: the noise is seeded per source."""
+    texts = ["red cat", "the sun is big and red today", "red cat", "sun", "a"]
+    together = pipe.generate(texts)
+    assert together == [pipe.generate([t])[0] for t in texts]
+    assert pipe.generate(texts[::-1], max_tokens=40) == together[::-1]

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from difformer.data.binarize import PairDataset
-from difformer.diffusion.sampling import generate_candidates, strip_specials
+from difformer.diffusion.sampling import generate_candidates
 from difformer.errors import DifformerError
-from difformer.generate import Pipeline, load, source_batches
+from difformer.generate import Pipeline, detokenize, load, source_batches
 from difformer.metrics import corpus_bleu
 from difformer.model.difformer import timestep_features
 from difformer.precision import autocast
@@ -119,14 +119,12 @@ def trajectory(pipe: Pipeline, sources: list[list[int]], refs: list[str], **opti
     cfg = pipe.decode_config(**{**options, "length_beam": 1, "noise_beam": 1, "early_stop": 0})
     model, tok = pipe.model, pipe.tokenizer
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    specials = {tok.pad_id, tok.bos_id, tok.eos_id}
     texts = [[""] * len(sources) for _ in range(cfg.steps)]
     changed, positions = np.zeros(cfg.steps), 0
     for idx, src, mask in source_batches(sources, cfg, tok.eos_id, tok.pad_id):
         trace: list[torch.Tensor] = []
         with autocast(pipe.precision, device):
-            cand = generate_candidates(model, pipe.schedule, src.to(device), mask.to(device), cfg, generator, trace)
+            cand = generate_candidates(model, pipe.schedule, src.to(device), mask.to(device), cfg, trace=trace)
             steps = [model.logits(z).float().argmax(-1) for z in trace]  # (B, L) tokens per step
         lengths = cand.lengths[:, 0]
         real = torch.arange(steps[0].shape[1], device=device)[None, :] < lengths[:, None]
@@ -134,8 +132,7 @@ def trajectory(pipe: Pipeline, sources: list[list[int]], refs: list[str], **opti
         for k, tokens in enumerate(steps):
             if k:
                 changed[k] += int(((tokens != steps[k - 1]) & real).sum())
-            rows = tokens.tolist()
-            decoded = tok.decode([strip_specials(rows[b], int(lengths[b]), specials) for b in range(len(idx))])
+            decoded = detokenize(tok, tokens.tolist(), lengths.tolist())
             for b, i in enumerate(idx):
                 texts[k][i] = decoded[b]
     bleu = [round(corpus_bleu(step, refs).score, 2) for step in texts]
@@ -151,7 +148,8 @@ def settle_step(bleu: list[float], tolerance: float = 0.5) -> int:
     return k
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: every plot here goes to a file, none needs a display."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,7 +160,7 @@ def _pyplot():
 
 def plot_norms(norms: dict[str, np.ndarray], counts: np.ndarray | None, keep: np.ndarray, path: Path) -> None:
     """Norms of the tokens in `keep` (V,) against their frequency rank (or id, without counts)."""
-    plt = _pyplot()
+    plt = pyplot()
     if counts is not None:
         order = np.argsort(-counts[keep], kind="stable")
         xlabel = "token frequency rank in the training targets (1 = most frequent)"
@@ -199,7 +197,7 @@ def _running_median(y: np.ndarray, window: int = 101) -> np.ndarray:
 
 
 def plot_logs(logs: dict[str, dict[str, list[float]]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, (key, title) in zip(axes, (("mse", "MSE of z0_hat"), ("anchor", "anchor loss (CE of z0_hat)"),
                                        ("embed_norm", "mean ||sqrt(e) E[v]||"))):
@@ -216,7 +214,7 @@ def plot_logs(logs: dict[str, dict[str, list[float]]], path: Path) -> None:
 
 
 def plot_trajectory(traj: dict, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     steps = np.arange(1, len(traj["bleu"]) + 1)
@@ -246,7 +244,7 @@ def analyze(model_dir: str | Path, out: str | Path, data_dir: str | Path | None 
     """
     model_dir, out = Path(model_dir), Path(out)
     pipe = load(model_dir, device=device, precision=precision)
-    data_dir = Path(data_dir) if data_dir else _trained_on(pipe)
+    data_dir = Path(data_dir) if data_dir else pipe.trained_on
     if logs is None:
         logs = [model_dir.parent / "log.jsonl"] if (model_dir.parent / "log.jsonl").is_file() else []
     tok, cfg = pipe.tokenizer, pipe.config
@@ -297,11 +295,6 @@ def analyze(model_dir: str | Path, out: str | Path, data_dir: str | Path | None 
     return summary
 
 
-def _trained_on(pipe: Pipeline) -> Path | None:
-    data = pipe.config.train.data
-    return Path(data) if data and (Path(data) / "dataset.json").is_file() else None
-
-
 def _log_name(path: Path) -> str:
     return path.parent.name or str(path)
 
@@ -325,7 +318,7 @@ def _write_dir(out: Path, write) -> None:
 def report_html(s: dict) -> str:
     """A self-contained page beside the PNGs: the numbers, the plots, and the per-step texts."""
     e = html.escape
-    parts = [f"<!doctype html><meta charset='utf-8'><title>difformer analysis</title>",
+    parts = ["<!doctype html><meta charset='utf-8'><title>difformer analysis</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px;vertical-align:top}</style>",
              f"<h1>Embedding-space analysis of {e(s['model'])}</h1>",

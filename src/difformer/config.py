@@ -127,6 +127,7 @@ class DecodeConfig:
         _check(self.sampler in ("ddpm", "ddim"), "decode.sampler must be ddpm or ddim")
         _check(self.selection in ("score", "mbr"), "decode.selection must be score or mbr")
         _check(self.max_tokens > 0, "decode.max_tokens must be positive")
+        _check(0 <= self.seed < 2**63, "decode.seed must be in [0, 2^63)")
 
     @property
     def nfe(self) -> int:
@@ -150,6 +151,7 @@ class Config:
     def validate(self) -> "Config":
         for section in (self.model, self.diffusion, self.train, self.decode):
             section.validate()
+        _check(self.decode.steps <= self.diffusion.timesteps, "decode.steps must be <= diffusion.timesteps")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def decode_split(model_dir: str, data_dir: str | None, split: str, precision: st
                  options: dict, output: str | None) -> tuple[list[str], list[list[str]], str]:
     """Decode the sources of a prepared split; references are its detokenized targets."""
     pipe = load(model_dir, device=device, precision=precision)
-    data_dir = data_dir or pipe.config.train.data
+    data_dir = data_dir or pipe.trained_on
     if not data_dir or not (Path(data_dir) / "dataset.json").is_file():
         raise DifformerError(f"{data_dir or model_dir}: no prepared data; pass --data DIR")
     data = PairDataset(data_dir, split)

@@ -15,7 +15,7 @@ import torch
 from difformer.config import Config, DecodeConfig
 from difformer.data.batching import pad_batch
 from difformer.data.tokenizer import Tokenizer
-from difformer.diffusion.sampling import generate_candidates, strip_specials
+from difformer.diffusion.sampling import generate_candidates
 from difformer.diffusion.schedule import Schedule
 from difformer.errors import DifformerError
 from difformer.metrics import mbr_select
@@ -42,8 +42,8 @@ def source_batches(sources: list[list[int]], cfg: DecodeConfig, eos: int, pad: i
                    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """(input indices, padded sources with EOS, mask) in decoding order; empty sources are left out.
 
-    The order and grouping fix which noise each sentence gets under a seed, so everything that decodes
-    (generate, the trajectory analysis) batches through here.
+    Everything that decodes (generate, the trajectory analysis) batches through here, so its batches hold
+    the same sentences at the same padding; the noise does not depend on them (see sampling.py).
     """
     todo = [i for i, s in enumerate(sources) if s]
     for batch in length_batches([len(sources[i]) for i in todo], cfg.length_beam * cfg.noise_beam,
@@ -52,21 +52,24 @@ def source_batches(sources: list[list[int]], cfg: DecodeConfig, eos: int, pad: i
         yield (idx, *pad_batch([sources[i] + [eos] for i in idx], pad))
 
 
+def detokenize(tokenizer: Tokenizer, rows: list[list[int]], lengths: list[int]) -> list[str]:
+    """Texts of argmax token rows, each cut to its length and without the BOS/EOS/pad the model emits in
+    place; one batched decode call."""
+    specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
+    return tokenizer.decode([[t for t in row[:n] if t not in specials] for row, n in zip(rows, lengths)])
+
+
 @torch.no_grad()
 def decode_ids(model: Difformer, schedule: Schedule, tokenizer: Tokenizer, sources: list[list[int]],
                cfg: DecodeConfig, precision: str = "fp32") -> list[str]:
     """Decode tokenized sources (no EOS, within max_positions - 1) into detokenized strings, in order."""
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     C = cfg.length_beam * cfg.noise_beam
-    specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
     outputs = [""] * len(sources)
     for idx, src, mask in source_batches(sources, cfg, tokenizer.eos_id, tokenizer.pad_id):
         with autocast(precision, device):
-            cand = generate_candidates(model, schedule, src.to(device), mask.to(device), cfg, generator)
-        tokens, lengths = cand.tokens.tolist(), cand.lengths.tolist()
-        flat = tokenizer.decode([strip_specials(tokens[b][c], lengths[b][c], specials)
-                                 for b in range(len(idx)) for c in range(C)])  # one batched call
+            cand = generate_candidates(model, schedule, src.to(device), mask.to(device), cfg)
+        flat = detokenize(tokenizer, cand.tokens.flatten(0, 1).tolist(), cand.lengths.flatten().tolist())
         texts = [flat[b * C:(b + 1) * C] for b in range(len(idx))]
         if cfg.selection == "mbr" and C > 1:
             picks = mbr_select(texts)
@@ -86,6 +89,12 @@ class Pipeline:
         self.precision = resolve_precision(precision, next(model.parameters()).device)
         self.truncated: list[int] = []  # indices of the inputs cut to max_positions by the last call
 
+    @property
+    def trained_on(self) -> Path | None:
+        """The prepared data folder the model was trained on, where it is still there."""
+        data = self.config.train.data
+        return Path(data) if data and (Path(data) / "dataset.json").is_file() else None
+
     def decode_config(self, **options) -> DecodeConfig:
         names = {f.name for f in dataclasses.fields(DecodeConfig)}
         unknown = set(options) - names
@@ -94,6 +103,9 @@ class Pipeline:
                                  f"known: {', '.join(sorted(names))}")
         cfg = dataclasses.replace(self.config.decode, **options)
         cfg.validate()
+        if cfg.steps > self.schedule.timesteps:
+            raise DifformerError(f"steps ({cfg.steps}) exceeds the model's {self.schedule.timesteps} diffusion "
+                                 "timesteps")
         return cfg
 
     def encode(self, texts: list[str]) -> list[list[int]]:

@@ -1,26 +1,22 @@
 """Training loop: AdamW with inverse-sqrt warmup, token-count batches, accumulation, validation by BLEU,
-atomic safetensors checkpoints (best k + last), exact resume, and averaging of the best k at the end.
-
-Everything a run needs to continue exactly lives in its checkpoint: weights, optimizer moments, the torch
-RNG state, the epoch and the position in it. Batches are a function of (seed, epoch), so they are not saved.
+checkpoints (best k + last, see checkpoint.py), exact resume, and averaging of the best k at the end.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from difformer import hub
+from difformer import checkpoint, hub
+from difformer.checkpoint import State
 from difformer.config import Config, save_config
 from difformer.data.batching import pad_batch, token_batches
 from difformer.data.binarize import PairDataset
@@ -32,18 +28,6 @@ from difformer.generate import decode_ids
 from difformer.metrics import corpus_bleu
 from difformer.model.difformer import Difformer
 from difformer.precision import autocast, resolve_precision
-
-@dataclass
-class State:
-    """The part of a run that is not tensors; saved as state.json in every checkpoint."""
-    update: int = 0
-    epoch: int = 0
-    batch: int = 0  # next batch index within the epoch
-    seconds: float = 0.0  # training wall-clock so far, over all resumes
-    tokens: int = 0  # target tokens seen
-    best: list[list] = field(default_factory=list)  # [bleu, checkpoint name], best first
-    bad_steps: int = 0
-
 
 def collate(data: PairDataset, idx: list[int], tok: Tokenizer, max_len: int):
     """(src, src_mask, tgt, tgt_mask): source x EOS, target BOS y EOS, padded, cut to max_len positions."""
@@ -115,9 +99,9 @@ class Trainer:
     def _prepare_save_dir(self, resume: bool) -> None:
         last = self.ckpt_dir / "last.json"
         if resume and last.exists():
-            self._remove_partial_writes()
-            name = self._read_last()
-            self._load_checkpoint(self.ckpt_dir / name)
+            checkpoint.remove_partial_writes(self.ckpt_dir)
+            name = checkpoint.read_last(self.ckpt_dir)
+            self.state = checkpoint.load(self.ckpt_dir / name, self.model, self.optimizer, self.cfg)
             _end_log_at_a_full_line(self.save_dir / "log.jsonl")
             hub.write_atomic(self.save_dir / "config.yaml", lambda p: save_config(self.cfg, p))  # budgets may differ
             self._log({"resumed_from": name})
@@ -135,99 +119,8 @@ class Trainer:
             probe.unlink()
         except OSError as e:
             raise DifformerError(f"{self.save_dir}: cannot write there ({e.strerror})") from None
-        self._remove_partial_writes()  # of a run killed before its first checkpoint
+        checkpoint.remove_partial_writes(self.ckpt_dir)  # of a run killed before its first checkpoint
         save_config(self.cfg, self.save_dir / "config.yaml")
-
-    # ---- checkpoints -------------------------------------------------------------------------------
-
-    def _save_checkpoint(self, name: str) -> None:
-        """Write checkpoints/NAME/ (built aside, renamed), then point last.json at it atomically.
-
-        Order matters for a crash at any instant: files are fsynced before the directory is renamed, the
-        rename is made durable (directory fsync) before last.json names it, and older checkpoints are
-        deleted only after last.json has moved on. So last.json always names a complete checkpoint.
-        """
-        final = self.ckpt_dir / name
-        tmp = self.ckpt_dir / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            tmp.mkdir(parents=True)
-            hub.save_weights(self.model.state_dict(), tmp / hub.WEIGHTS)
-            tensors, groups = _flatten_optimizer(self.optimizer.state_dict())
-            tensors["rng"] = torch.get_rng_state()
-            hub.save_weights(tensors, tmp / "trainer.safetensors")
-            hub.write_json(tmp / "state.json", {"state": self.state.__dict__, "param_groups": groups,
-                                               "config": self.cfg.to_dict()})
-            hub.fsync_path(tmp)
-            shutil.rmtree(final, ignore_errors=True)  # never the one last.json names: that is an older update
-            tmp.rename(final)
-            hub.fsync_path(self.ckpt_dir)
-            hub.write_json(self.ckpt_dir / "last.json", {"checkpoint": name, "update": self.state.update})
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            previous = self._read_last() if (self.ckpt_dir / "last.json").exists() else None
-            kept = (f"the previous checkpoint, {previous}, is intact in checkpoints/last.json" if previous
-                    else "no checkpoint of this run was written yet")
-            raise DifformerError(f"{final}: checkpoint not written ({e.strerror or e}); {kept}") from None
-        keep = {n for _, n in self.state.best[: self.cfg.train.keep_best]} | {name}
-        for old in self.ckpt_dir.glob("update_*"):
-            if old.name not in keep:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def _read_last(self) -> str:
-        """The checkpoint name in last.json, checked to be a plain name inside checkpoints/."""
-        last = self.ckpt_dir / "last.json"
-        try:
-            name = json.loads(last.read_text(encoding="utf-8"))["checkpoint"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DifformerError(f"{last}: unreadable ({type(e).__name__}: {e}); {self._earlier()}") from None
-        if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
-            raise DifformerError(f"{last}: names {name!r}, not a checkpoint directory; {self._earlier()}")
-        return name
-
-    def _earlier(self, damaged: str | None = None) -> str:
-        """What to do when the checkpoint to resume from is damaged: the names of the others."""
-        others = sorted(p.name for p in self.ckpt_dir.glob("update_*") if p.name != damaged)
-        if not others:
-            return "no other checkpoint is left; start the run again in a new train.save_dir"
-        return (f"to resume from another checkpoint, write its name into checkpoints/last.json "
-                f"(present: {', '.join(others)})")
-
-    def _remove_partial_writes(self) -> None:
-        """Delete what a killed run left half-written: .NAME.tmp directories and .last.json.*.tmp files."""
-        for p in self.ckpt_dir.glob(".*.tmp"):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-
-    def _load_checkpoint(self, path: Path) -> None:
-        """Restore weights, optimizer, RNG and state; any damage is reported as one error naming the file."""
-        hint = self._earlier(path.name)
-        if not path.is_dir():
-            raise DifformerError(f"{path}: checkpoint named by last.json is missing; {hint}")
-        try:
-            meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
-            saved = Config.from_dict(meta["config"], where=str(path / "state.json"))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DifformerError(f"{path / 'state.json'}: damaged checkpoint ({type(e).__name__}: {e}); "
-                                 f"{hint}") from None
-        diff = _config_diff(saved.to_dict(), self.cfg.to_dict(), ignore=RESUMABLE_CHANGES)
-        if diff:
-            raise DifformerError(f"{path}: resuming with a different config; differing keys: {', '.join(diff)}")
-        try:
-            hub.load_state(self.model, hub.load_weights(path / hub.WEIGHTS), path / hub.WEIGHTS)
-            tensors = hub.load_weights(path / "trainer.safetensors")
-            torch.set_rng_state(tensors.pop("rng"))
-            self.optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["param_groups"]))
-            _check_optimizer_shapes(self.optimizer)
-            self.state = State(**meta["state"])
-            if not all(isinstance(v, int) and v >= 0 for v in (self.state.update, self.state.epoch, self.state.batch)):
-                raise ValueError("update, epoch and batch must be non-negative integers")
-        except DifformerError as e:
-            raise DifformerError(f"damaged checkpoint: {e}; {hint}") from None
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-            raise DifformerError(f"{path}: damaged checkpoint ({type(e).__name__}: {e}); {hint}") from None
 
     # ---- validation --------------------------------------------------------------------------------
 
@@ -264,7 +157,8 @@ class Trainer:
             self.state.best.append([stats["valid_bleu"], name])
             self.state.best.sort(key=lambda b: -b[0])
             self.state.best = self.state.best[: self.cfg.train.keep_best]
-        self._save_checkpoint(name)
+        keep = {n for _, n in self.state.best[: self.cfg.train.keep_best]}
+        checkpoint.save(self.ckpt_dir, name, self.model, self.optimizer, self.state, self.cfg, keep)
 
     # ---- the loop ----------------------------------------------------------------------------------
 
@@ -377,7 +271,7 @@ class Trainer:
         single checkpoint validates better (in a short run the early checkpoints drag the average down)."""
         names = [n for _, n in self.state.best[: self.cfg.train.keep_best]]
         if not names:
-            names = [json.loads((self.ckpt_dir / "last.json").read_text())["checkpoint"]]
+            names = [checkpoint.read_last(self.ckpt_dir)]
         states = [hub.load_weights(self.ckpt_dir / n / hub.WEIGHTS) for n in names]
         chosen = {"model": names[0]}
         if len(states) > 1:
@@ -437,48 +331,9 @@ def _end_log_at_a_full_line(log: Path) -> None:
             f.truncate(size - len(tail) + cut + 1 if cut >= 0 or size <= len(tail) else size)
 
 
-def _check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
-    """load_state_dict does not compare moment shapes with the parameters; a mismatch would fail later."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for k, v in optimizer.state.get(p, {}).items():
-                if k != "step" and v.shape != p.shape:
-                    raise ValueError(f"optimizer {k} has shape {tuple(v.shape)}, its parameter {tuple(p.shape)}")
-
-
 def _has_split(data: Path, split: str) -> bool:
     info = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
     return split in info.get("splits", {}) and info["splits"][split].get("pairs", 0) > 0
-
-
-def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    tensors = {f"{i}.{k}": torch.as_tensor(v) for i, s in sd["state"].items() for k, v in s.items()}
-    return tensors, sd["param_groups"]
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = v
-    for g in groups:
-        g["betas"] = tuple(g["betas"])
-    return {"state": state, "param_groups": groups}
-
-
-# may differ on --resume: budgets, and the run's own directory (a run may be moved, e.g. to a larger disk)
-RESUMABLE_CHANGES = {"train.max_updates", "train.max_minutes", "train.max_bad_updates", "train.save_dir"}
-
-
-def _config_diff(a: dict, b: dict, ignore: set[str], prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        name = f"{prefix}{k}"
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            keys += _config_diff(a[k], b[k], ignore, f"{name}.")
-        elif a.get(k) != b.get(k) and name not in ignore:
-            keys.append(name)
-    return keys
 
 
 def train(cfg: Config, resume: bool = False, device: str = "cpu") -> Path:

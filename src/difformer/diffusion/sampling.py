@@ -1,10 +1,14 @@
 """Few-step decoding: length prediction, candidate expansion (length beam x noise beam), DDPM/DDIM sampling.
 
 All l x n candidates of a batch are decoded as one batch with the encoder output repeated. The network
-is called once per step; the schedule's `step` does the rest.
+is called once per step; the schedule's `step` does the rest. Each candidate draws its noise from its own
+generator, seeded by its source tokens, the decoding seed and its index, so a sentence's output does not
+depend on the batch it is decoded in, its padding, its place in the input or the device.
 """
 from __future__ import annotations
 
+import hashlib
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -22,16 +26,40 @@ class Candidates:
     scores: torch.Tensor  # (B, C) mean token log-probability of the argmax tokens
 
 
+class CandidateNoise:
+    """Standard Gaussian noise, one CPU generator per candidate, zero beyond the candidate's length."""
+
+    def __init__(self, src: torch.Tensor, src_mask: torch.Tensor, lengths: torch.Tensor, seed: int):
+        copies = lengths.shape[0] // src.shape[0]
+        sources = [[t for t, m in zip(row, keep) if m] for row, keep in zip(src.tolist(), src_mask.tolist())]
+        self.generators = [torch.Generator().manual_seed(candidate_seed(tokens, seed, c))
+                           for tokens in sources for c in range(copies)]
+        self.lengths = lengths.tolist()
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        """Noise shaped like `like` (candidates, L, e), on its device and in its dtype."""
+        noise = torch.zeros(like.shape)
+        for row, (generator, n) in enumerate(zip(self.generators, self.lengths)):
+            noise[row, :n] = torch.randn((n, like.shape[-1]), generator=generator)
+        return noise.to(device=like.device, dtype=like.dtype)
+
+
+def candidate_seed(source: list[int], seed: int, index: int) -> int:
+    """A 64-bit seed from the source tokens, the decoding seed and the candidate's index."""
+    data = struct.pack(f"<2q{len(source)}q", seed, index, *source)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
 @torch.no_grad()
 def denoise_loop(model: Difformer, schedule: Schedule, memory: torch.Tensor, src_mask: torch.Tensor,
-                 tgt_mask: torch.Tensor, cfg: DecodeConfig, generator: torch.Generator | None,
+                 tgt_mask: torch.Tensor, cfg: DecodeConfig, noise: CandidateNoise,
                  trace: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Run K reverse steps from z_T ~ N(0, I) (sampling uses F = 1); return the last z0_hat (N, L, e).
 
     With `trace`, each step's z0_hat is appended to it (for the trajectory analysis).
     """
     N, L = tgt_mask.shape
-    z = torch.randn((N, L, model.cfg.embed_dim), generator=generator, device=memory.device)
+    z = noise(torch.empty((N, L, model.cfg.embed_dim), device=memory.device))
     p = torch.zeros_like(z)
     ts = schedule.timesteps_for(cfg.steps)
     last = cfg.early_stop or cfg.steps
@@ -44,15 +72,15 @@ def denoise_loop(model: Difformer, schedule: Schedule, memory: torch.Tensor, src
             trace.append(z0_hat)
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         if i + 1 < last:
-            z = schedule.step(z0_hat, z, t, t_prev, cfg.sampler, generator)
+            fresh = noise(z) if cfg.sampler == "ddpm" and t_prev >= 0 else None
+            z = schedule.step(z0_hat, z, t, t_prev, cfg.sampler, fresh)
         p = z0_hat
     return z0_hat
 
 
 @torch.no_grad()
 def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor, src_mask: torch.Tensor,
-                        cfg: DecodeConfig, generator: torch.Generator | None = None,
-                        trace: list[torch.Tensor] | None = None) -> Candidates:
+                        cfg: DecodeConfig, trace: list[torch.Tensor] | None = None) -> Candidates:
     """Encode once, predict lengths, expand to l x n candidates per source and denoise them in one batch.
 
     With `trace`, each step's z0_hat (B*C, L, e) is appended to it, as in `denoise_loop`.
@@ -67,14 +95,10 @@ def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor,
     L = int(lengths.max())
     tgt_mask = torch.arange(L, device=src.device)[None, :] < lengths[:, None]  # (B*C, L)
 
-    z0_hat = denoise_loop(model, schedule, memory, src_mask, tgt_mask, cfg, generator, trace)
+    noise = CandidateNoise(src, src_mask, lengths, cfg.seed)
+    z0_hat = denoise_loop(model, schedule, memory, src_mask, tgt_mask, cfg, noise, trace)
     logp = F.log_softmax(model.logits(z0_hat).float(), dim=-1)  # (B*C, L, V)
     best, tokens = logp.max(-1)
     scores = (best * tgt_mask).sum(1) / lengths
     C = l * n
     return Candidates(tokens.view(B, C, L), lengths.view(B, C), scores.view(B, C))
-
-
-def strip_specials(tokens: list[int], length: int, specials: set[int]) -> list[int]:
-    """Tokens of one candidate inside its length, without BOS/EOS/pad that the model emits in place."""
-    return [tok for tok in tokens[:length] if tok not in specials]

@@ -66,11 +66,12 @@ class Schedule:
         return ts.tolist()
 
     def step(self, z0_hat: torch.Tensor, z_t: torch.Tensor, t: int, t_prev: int, sampler: str,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             noise: torch.Tensor | None = None) -> torch.Tensor:
         """Move z_t at step t to step t_prev (< t; -1 means the clean end) given the prediction z0_hat.
 
         DDPM samples the posterior q(z_prev | z_t, z0_hat) of the strided schedule with its fixed-small
-        variance; DDIM (eta = 0) re-noises z0_hat deterministically with the implied noise.
+        variance, with the standard Gaussian `noise` (needed unless t_prev is -1); DDIM (eta = 0)
+        re-noises z0_hat deterministically with the implied noise.
         """
         abar_t = self.alphas_cumprod[t].item()
         abar_s = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
@@ -85,5 +86,4 @@ class Schedule:
         if t_prev < 0:
             return mean
         var = beta_ts * (1.0 - abar_s) / (1.0 - abar_t)
-        noise = torch.randn(z_t.shape, generator=generator, device=z_t.device, dtype=z_t.dtype)
         return mean + math.sqrt(var) * noise

@@ -1,0 +1,165 @@
+"""Training checkpoints: crash-safe writes, exact resume, and one clear error for any damage.
+
+checkpoints/update_N/ holds model.safetensors, trainer.safetensors (optimizer moments and the torch RNG
+state) and state.json (the State below, the optimizer's param groups and the config); checkpoints/
+last.json names the newest complete one. Batches are a function of (seed, epoch), so they are not saved.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from difformer import hub
+from difformer.config import Config
+from difformer.errors import DifformerError
+
+# may differ on --resume: budgets, and the run's own directory (a run may be moved, e.g. to a larger disk)
+RESUMABLE_CHANGES = {"train.max_updates", "train.max_minutes", "train.max_bad_updates", "train.save_dir"}
+
+
+@dataclass
+class State:
+    """The part of a run that is not tensors; saved as state.json in every checkpoint."""
+    update: int = 0
+    epoch: int = 0
+    batch: int = 0  # next batch index within the epoch
+    seconds: float = 0.0  # training wall-clock so far, over all resumes
+    tokens: int = 0  # target tokens seen
+    best: list[list] = field(default_factory=list)  # [bleu, checkpoint name], best first
+    bad_steps: int = 0
+
+
+def save(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: State,
+         cfg: Config, keep: set[str]) -> None:
+    """Write ckpt_dir/NAME/ (built aside, renamed), point last.json at it atomically, then delete the
+    update_* checkpoints not in `keep`.
+
+    Order matters for a crash at any instant: files are fsynced before the directory is renamed, the
+    rename is made durable (directory fsync) before last.json names it, and older checkpoints are
+    deleted only after last.json has moved on. So last.json always names a complete checkpoint.
+    """
+    final = ckpt_dir / name
+    tmp = ckpt_dir / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        hub.save_weights(model.state_dict(), tmp / hub.WEIGHTS)
+        tensors, groups = _flatten_optimizer(optimizer.state_dict())
+        tensors["rng"] = torch.get_rng_state()
+        hub.save_weights(tensors, tmp / "trainer.safetensors")
+        hub.write_json(tmp / "state.json", {"state": state.__dict__, "param_groups": groups,
+                                           "config": cfg.to_dict()})
+        hub.fsync_path(tmp)
+        shutil.rmtree(final, ignore_errors=True)  # never the one last.json names: that is an older update
+        tmp.rename(final)
+        hub.fsync_path(ckpt_dir)
+        hub.write_json(ckpt_dir / "last.json", {"checkpoint": name, "update": state.update})
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = read_last(ckpt_dir) if (ckpt_dir / "last.json").exists() else None
+        kept = (f"the previous checkpoint, {previous}, is intact in checkpoints/last.json" if previous
+                else "no checkpoint of this run was written yet")
+        raise DifformerError(f"{final}: checkpoint not written ({e.strerror or e}); {kept}") from None
+    for old in ckpt_dir.glob("update_*"):
+        if old.name not in keep | {name}:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_last(ckpt_dir: Path) -> str:
+    """The checkpoint name in last.json, checked to be a plain name inside checkpoints/."""
+    last = ckpt_dir / "last.json"
+    try:
+        name = json.loads(last.read_text(encoding="utf-8"))["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DifformerError(f"{last}: unreadable ({type(e).__name__}: {e}); {_earlier(ckpt_dir)}") from None
+    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+        raise DifformerError(f"{last}: names {name!r}, not a checkpoint directory; {_earlier(ckpt_dir)}")
+    return name
+
+
+def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config) -> State:
+    """Restore weights, optimizer and RNG in place and return the state; any damage is reported as one
+    error naming the file and the other checkpoints there are to resume from."""
+    hint = _earlier(path.parent, path.name)
+    if not path.is_dir():
+        raise DifformerError(f"{path}: checkpoint named by last.json is missing; {hint}")
+    try:
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        saved = Config.from_dict(meta["config"], where=str(path / "state.json"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DifformerError(f"{path / 'state.json'}: damaged checkpoint ({type(e).__name__}: {e}); "
+                             f"{hint}") from None
+    diff = _config_diff(saved.to_dict(), cfg.to_dict(), ignore=RESUMABLE_CHANGES)
+    if diff:
+        raise DifformerError(f"{path}: resuming with a different config; differing keys: {', '.join(diff)}")
+    try:
+        hub.load_state(model, hub.load_weights(path / hub.WEIGHTS), path / hub.WEIGHTS)
+        tensors = hub.load_weights(path / "trainer.safetensors")
+        torch.set_rng_state(tensors.pop("rng"))
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["param_groups"]))
+        _check_optimizer_shapes(optimizer)
+        state = State(**meta["state"])
+        if not all(isinstance(v, int) and v >= 0 for v in (state.update, state.epoch, state.batch)):
+            raise ValueError("update, epoch and batch must be non-negative integers")
+    except DifformerError as e:
+        raise DifformerError(f"damaged checkpoint: {e}; {hint}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise DifformerError(f"{path}: damaged checkpoint ({type(e).__name__}: {e}); {hint}") from None
+    return state
+
+
+def remove_partial_writes(ckpt_dir: Path) -> None:
+    """Delete what a killed run left half-written: .NAME.tmp directories and .last.json.*.tmp files."""
+    for p in ckpt_dir.glob(".*.tmp"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _earlier(ckpt_dir: Path, damaged: str | None = None) -> str:
+    """What to do when the checkpoint to resume from is damaged: the names of the others."""
+    others = sorted(p.name for p in ckpt_dir.glob("update_*") if p.name != damaged)
+    if not others:
+        return "no other checkpoint is left; start the run again in a new train.save_dir"
+    return (f"to resume from another checkpoint, write its name into checkpoints/last.json "
+            f"(present: {', '.join(others)})")
+
+
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """load_state_dict does not compare moment shapes with the parameters; a mismatch would fail later."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for k, v in optimizer.state.get(p, {}).items():
+                if k != "step" and v.shape != p.shape:
+                    raise ValueError(f"optimizer {k} has shape {tuple(v.shape)}, its parameter {tuple(p.shape)}")
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    tensors = {f"{i}.{k}": torch.as_tensor(v) for i, s in sd["state"].items() for k, v in s.items()}
+    return tensors, sd["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = v
+    for g in groups:
+        g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def _config_diff(a: dict, b: dict, ignore: set[str], prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        name = f"{prefix}{k}"
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            keys += _config_diff(a[k], b[k], ignore, f"{name}.")
+        elif a.get(k) != b.get(k) and name not in ignore:
+            keys.append(name)
+    return keys
