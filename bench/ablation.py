@@ -23,12 +23,17 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, commit, load_results, save_results, timed  # noqa: E402
 from multi30k import decode_test, prepared, run_record  # noqa: E402
 
+from difformer import checkpoint, hub  # noqa: E402
 from difformer.analyze import plot_logs, pyplot, read_log  # noqa: E402
 from difformer.config import load_config  # noqa: E402
+from difformer.data.binarize import PairDataset  # noqa: E402
 from difformer.train import train  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -69,29 +74,40 @@ def run_command(tag: str, argv: list[str]) -> str:
     return "python " + " ".join(shlex.quote(a) for a in [*args, "--runs", tag])
 
 
-def final_stats(run: Path) -> dict:
+def final_stats(run: Path, target_ids: np.ndarray, top: int = 1000) -> dict:
+    """The log's last running means, and where the `top` most frequent target tokens sit in the last
+    checkpoint (not the averaged model): their mean norm ||sqrt(e) E[v]|| and mean pairwise distance.
+    MSE alone pulls exactly these tokens together; the source-only tokens keep the mean norm up."""
     last = {k: v[-1] for k, v in read_log(run / "log.jsonl").items()}
+    ckpt = run / "checkpoints" / checkpoint.read_last(run / "checkpoints")
+    E = hub.load_weights(ckpt / hub.WEIGHTS)["embed.weight"].float()
+    counts = np.bincount(target_ids, minlength=E.shape[0])
+    ids = np.argsort(-counts, kind="stable")[:top]
+    z0 = E[torch.from_numpy(ids[counts[ids] > 0])] * E.shape[1] ** 0.5
     return {"final_mse": round(last["mse"], 4), "final_anchor": round(last["anchor"], 3),
-            "embed_norm": round(last["embed_norm"], 3)}
+            "embed_norm": round(last["embed_norm"], 3), "target_norm": round(z0.norm(dim=1).mean().item(), 3),
+            "target_distance": round(torch.pdist(z0).mean().item(), 3)}
 
 
 def markdown(results: dict) -> str:
     runs = results.get("runs", {})
     lines = ["# Ablation of the three modules on Multi30k De->En (test2016), equal wall-clock budget", "",
              "| run | anchor loss | embedding norm | F | updates | final MSE | anchor CE | mean embedding norm "
-             "| sacreBLEU |", "|---|---|---|---|---|---|---|---|---|"]
+             "| top-1000 target norm | their mean distance | sacreBLEU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for tag, r in runs.items():
         s = r["switches"]
         lines.append(f"| {tag} | {s['diffusion.anchor']} | {s['model.embed_norm']} | "
                      f"{s['diffusion.noise_factor']:g} | {r['updates']} | {r['final_mse']} | {r['final_anchor']} "
-                     f"| {r['embed_norm']} | {r['sacrebleu']} |")
+                     f"| {r['embed_norm']} | {r['target_norm']} | {r['target_distance']} | {r['sacrebleu']} |")
     missing = [t for t in arms() if t not in runs]
     if missing:
         lines += ["", f"Not yet run: {', '.join(missing)}."]
     if runs:
         any_run = next(iter(runs.values()))
         lines += ["", "anchor CE is the cross-entropy of the predicted z0 through E^T in every run (logged even "
-                  "where it is not trained); final values are log.jsonl means over the last 50 updates.",
+                  "where it is not trained); final values are log.jsonl means over the last 50 updates. The mean "
+                  "embedding norm is over the whole joint vocabulary; the top-1000 columns are the 1,000 most "
+                  "frequent target tokens in the last checkpoint (mean ||sqrt(e) E[v]||, mean pairwise distance).",
                   f"Decoding: {any_run['results'][0]['setting']}. sacreBLEU signature: `{any_run['signature']}`",
                   f"Machine: {any_run['machine']}", ""]
         lines += [f"- `{tag}` ({r['train_minutes']} min, {r['train_cpu_minutes']} CPU min, commit {r['commit']}): "
@@ -161,11 +177,16 @@ def main() -> None:
         p.error(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(known)}")
     results = load_results("ablation")
     runs_dir = args.work / "ablation"
+    data = prepared(args.data, args.work)
+    target_ids = PairDataset(data, "train").target_tokens
+    if args.report:  # refresh what the run directories still hold (columns added since a run was recorded)
+        for tag, record in results.get("runs", {}).items():
+            if (runs_dir / tag / "checkpoints" / "last.json").is_file():
+                record.update(final_stats(runs_dir / tag, target_ids))
     for tag in [] if args.report else todo:
         if tag in results.get("runs", {}):
             print(f"{tag}: already recorded in bench/results/ablation.json; skipped")
             continue
-        data = prepared(args.data, args.work)
         run = runs_dir / tag
         switches = known[tag]
         cfg = load_config("multi30k", [f"train.data={data}", f"train.save_dir={run}",
@@ -179,7 +200,7 @@ def main() -> None:
             if not (run / "model" / "model.safetensors").exists():  # stopped by a signal: checkpoint saved
                 sys.exit(f"{tag}: training stopped; run the same command again to continue from its checkpoint")
         record = run_record(run, decode_test(run / "model", args.data, ["1x1"]), train_time, code)
-        record.update(switches=switches, command=run_command(tag, sys.argv), **final_stats(run))
+        record.update(switches=switches, command=run_command(tag, sys.argv), **final_stats(run, target_ids))
         results.setdefault("runs", {})[tag] = record
         report(results, runs_dir)  # after every run, so a stopped sweep still has its tables
         print(f"{tag}: test2016 sacreBLEU {record['sacrebleu']}, final MSE {record['final_mse']}, "

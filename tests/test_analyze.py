@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from difformer import hub
 from difformer.analyze import (analyze, embedding_norms, norm_by_count, read_log, settle_step, spearman,
                                trajectory)
 from difformer.config import DecodeConfig, ModelConfig
@@ -190,17 +191,23 @@ def test_ablation_report_tables_and_plots(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules["common"], "RESULTS", tmp_path / "results")
     monkeypatch.setattr(ab, "RESULTS", tmp_path / "results")
     runs, work = {}, tmp_path / "work"
+    # targets use ids 2, 3, 5; their z0 = sqrt(4) E[v] are orthogonal with norm 3; ids 0, 1, 4 are far away
+    target_ids = np.array([2, 2, 2, 3, 3, 5])
+    embed = torch.full((6, 4), 100.0)
+    embed[[2, 3, 5]] = 1.5 * torch.eye(4)[:3]
     for i, tag in enumerate(["full", "full-F", "full-F2", "baseline"]):
-        (work / tag).mkdir(parents=True)
+        (work / tag / "checkpoints" / "update_150").mkdir(parents=True)
+        hub.save_weights({"embed.weight": embed}, work / tag / "checkpoints" / "update_150" / hub.WEIGHTS)
+        (work / tag / "checkpoints" / "last.json").write_text('{"checkpoint": "update_150"}')
         (work / tag / "log.jsonl").write_text("".join(
             json.dumps({"update": u, "mse": 1.0 / u, "anchor": 5.0 - u / 100, "embed_norm": 10.0 + i}) + "\n"
             for u in (50, 100, 150)))
         runs[tag] = {"switches": ab.arms()[tag], "updates": 150, "sacrebleu": 10.0 + i, "signature": "sig",
                      "machine": "m", "command": "c", "commit": "x", "train_minutes": 1.0, "train_cpu_minutes": 2.0,
-                     "results": [{"setting": "steps=20"}], **ab.final_stats(work / tag)}
+                     "results": [{"setting": "steps=20"}], **ab.final_stats(work / tag, target_ids)}
     ab.report({"runs": runs}, work)
     md = (tmp_path / "results" / "ablation.md").read_text()
-    assert "| full-F2 | anchor | input | 2 | 150 | 0.0067 | 3.5 | 12.0 | 12.0 |" in md
+    assert "| full-F2 | anchor | input | 2 | 150 | 0.0067 | 3.5 | 12.0 | 3.0 | 4.243 | 12.0 |" in md
     assert "Not yet run: full-anchor, full-norm, baseline+anchor, baseline+norm, baseline+F, full-F3, full-F6, mse-only." in md
     sweep = json.loads((tmp_path / "results" / "noise_factor.json").read_text())["runs"]
     assert [(r["noise_factor"], r["run"], r["sacrebleu"]) for r in sweep] == [
