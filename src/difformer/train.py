@@ -29,6 +29,7 @@ from difformer.metrics import corpus_bleu
 from difformer.model.difformer import Difformer
 from difformer.precision import autocast, resolve_precision
 
+
 def collate(data: PairDataset, idx: list[int], tok: Tokenizer, max_len: int):
     """(src, src_mask, tgt, tgt_mask): source x EOS, target BOS y EOS, padded, cut to max_len positions."""
     srcs = [data.src(i)[: max_len - 1].tolist() + [tok.eos_id] for i in idx]
