@@ -2,12 +2,15 @@
 
     python bench/ablation.py                               # all 12 runs, 25 minutes each (~5.5 h); resumable
     python bench/ablation.py --runs full,baseline,full-anchor   # some of them, in this order
+    python bench/ablation.py --runs full-F2 --updates 2302    # a fixed number of updates instead of minutes
     python bench/ablation.py --report                      # rewrite tables and plots from the JSON only
 
 Every run trains the `multi30k` preset for the same wall-clock budget with the module switches below,
 decodes test2016 with the default decoding (20 steps, 1 x 1 candidates) and records sacreBLEU, the final
 training MSE, anchor loss and mean embedding norm (log.jsonl running means over the last 50 updates),
-and the updates. The baseline is embedding diffusion as in Diffusion-LM: the rounding loss (CE of the
+and the updates. `--updates N` trains every run for N updates instead (no time limit): the budget to use
+on a machine slower or faster than the one the other runs were made on, as bf16 and fp32 reach the same
+validation BLEU per update (README, precision). The baseline is embedding diffusion as in Diffusion-LM: the rounding loss (CE of the
 clean z0) instead of the anchor loss, no embedding norm, F = 1; "mse-only" is the full model with no
 token loss at all (the collapse setting of the paper's first claim). A finished run is recorded in
 results/ablation.json and skipped next time; a killed run continues from its last checkpoint. One
@@ -108,10 +111,12 @@ def markdown(results: dict) -> str:
                   "where it is not trained); final values are log.jsonl means over the last 50 updates. The mean "
                   "embedding norm is over the whole joint vocabulary; the top-1000 columns are the 1,000 most "
                   "frequent target tokens in the last checkpoint (mean ||sqrt(e) E[v]||, mean pairwise distance).",
-                  f"Decoding: {any_run['results'][0]['setting']}. sacreBLEU signature: `{any_run['signature']}`",
-                  f"Machine: {any_run['machine']}", ""]
-        lines += [f"- `{tag}` ({r['train_minutes']} min, {r['train_cpu_minutes']} CPU min, commit {r['commit']}): "
-                  f"`{r['command']}`" for tag, r in runs.items()]
+                  f"Decoding: {any_run['results'][0]['setting']}. sacreBLEU signature: `{any_run['signature']}`"]
+        machines = list(dict.fromkeys(r["machine"] for r in runs.values()))
+        lines += [f"Machine: {machines[0]}" if len(machines) == 1 else "Machines differ: each run names its own.", ""]
+        lines += [f"- `{tag}` ({r['updates']} updates in {r['train_minutes']} min, {r['train_cpu_minutes']} CPU min, "
+                  f"commit {r['commit']}{'' if len(machines) == 1 else ', ' + r['machine']}): `{r['command']}`"
+                  for tag, r in runs.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -167,12 +172,16 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "multi30k")
     p.add_argument("--work", type=Path, default=HERE / "work")
     p.add_argument("--minutes", type=float, default=25.0, help="training budget of every run")
+    p.add_argument("--updates", type=int, default=0,
+                   help="train every run for this many updates instead of --minutes (for another machine)")
     p.add_argument("--runs", help=f"comma-separated tags to run, in order (default: all: {', '.join(arms())})")
     p.add_argument("--report", action="store_true", help="only rewrite the tables and plots")
     args = p.parse_args()
     known = arms()
     todo = args.runs.split(",") if args.runs else list(known)
     unknown = [t for t in todo if t not in known]
+    if args.updates < 0:
+        p.error("--updates must be >= 0")
     if unknown:
         p.error(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(known)}")
     results = load_results("ablation")
@@ -189,14 +198,19 @@ def main() -> None:
             continue
         run = runs_dir / tag
         switches = known[tag]
-        cfg = load_config("multi30k", [f"train.data={data}", f"train.save_dir={run}",
-                                       f"train.max_minutes={args.minutes}",
+        budget = ([f"train.max_updates={args.updates}", "train.max_minutes=0"] if args.updates
+                  else [f"train.max_minutes={args.minutes}"])
+        cfg = load_config("multi30k", [f"train.data={data}", f"train.save_dir={run}", *budget,
                                        *(f"{k}={v}" for k, v in switches.items())])
-        print(f"{tag}: training {args.minutes:g} minutes with {switches}", flush=True)
+        print(f"{tag}: training {f'{args.updates} updates' if args.updates else f'{args.minutes:g} minutes'} "
+              f"with {switches}", flush=True)
         code, train_time = commit(), None
         if not (run / "model" / "model.safetensors").exists():
+            resumed = (run / "checkpoints" / "last.json").exists()
             with timed() as train_time:
-                train(cfg, resume=(run / "checkpoints" / "last.json").exists())
+                train(cfg, resume=resumed)
+            if resumed:  # this process saw only part of the training: no CPU time rather than a wrong one
+                train_time = None
             if not (run / "model" / "model.safetensors").exists():  # stopped by a signal: checkpoint saved
                 sys.exit(f"{tag}: training stopped; run the same command again to continue from its checkpoint")
         record = run_record(run, decode_test(run / "model", args.data, ["1x1"]), train_time, code)
