@@ -44,6 +44,8 @@ FULL = {"diffusion.anchor": "anchor", "model.embed_norm": "input", "diffusion.no
 BASELINE = {"diffusion.anchor": "rounding", "model.embed_norm": "none", "diffusion.noise_factor": 1.0}
 MODULES = {"anchor": "diffusion.anchor", "norm": "model.embed_norm", "F": "diffusion.noise_factor"}
 SWEEP = (1.0, 2.0, 3.0, 4.0, 6.0)
+BUDGET = ("Budget: 25 minutes of training each; runs made on another machine train instead for as many updates as "
+          "the run they are compared with (`--updates N` in their command).")
 
 
 def arms() -> dict[str, dict]:
@@ -94,7 +96,7 @@ def final_stats(run: Path, target_ids: np.ndarray, top: int = 1000) -> dict:
 
 def markdown(results: dict) -> str:
     runs = results.get("runs", {})
-    lines = ["# Ablation of the three modules on Multi30k De->En (test2016), equal wall-clock budget", "",
+    lines = ["# Ablation of the three modules on Multi30k De->En (test2016), equal training budgets", "", BUDGET, "",
              "| run | anchor loss | embedding norm | F | updates | final MSE | anchor CE | mean embedding norm "
              "| top-1000 target norm | their mean distance | sacreBLEU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for tag, r in runs.items():
@@ -121,7 +123,7 @@ def markdown(results: dict) -> str:
 
 
 def sweep_markdown(rows: list[dict]) -> str:
-    lines = ["# Noise factor sweep on Multi30k De->En (test2016), full Difformer, equal wall-clock budget", "",
+    lines = ["# Noise factor sweep on Multi30k De->En (test2016), full Difformer, equal training budgets", "", BUDGET, "",
              "| F | run | updates | final MSE | sacreBLEU |", "|---|---|---|---|---|"]
     lines += [f"| {r['noise_factor']:g} | {r['run']} | {r['updates']} | {r['final_mse']} | {r['sacrebleu']} |"
               for r in rows]
