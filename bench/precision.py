@@ -1,7 +1,8 @@
 """Training speed with bf16 autocast against fp32 (and the cost of dropout and self-conditioning) on the
 multi30k preset: target tokens per second over the same batches.
 
-    python bench/precision.py            # writes results/precision.json and .md
+    python bench/precision.py                        # writes results/precision.json and .md
+    python bench/precision.py --name precision-epyc  # another machine's results beside the first
 
 Decoding speed and BLEU in both precisions are in results/decoding.md (bench/decoding.py).
 """
@@ -14,16 +15,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).parent))
 from common import command, commit, machine, save_results  # noqa: E402
 
 from difformer.config import load_config  # noqa: E402
 from difformer.diffusion.losses import difformer_loss  # noqa: E402
-from difformer.precision import autocast  # noqa: E402
+from difformer.precision import autocast, resolve_precision  # noqa: E402
 from difformer.train import Trainer, collate, epoch_batches  # noqa: E402
 
 HERE = Path(__file__).parent
-VARIANTS = {"bf16 (auto here)": ["train.precision=bf16"], "fp32": ["train.precision=fp32"],
+VARIANTS = {"bf16": ["train.precision=bf16"], "fp32": ["train.precision=fp32"],
             "bf16, dropout 0": ["train.precision=bf16", "model.dropout=0.0"],
             "bf16, no self-conditioning": ["train.precision=bf16", "diffusion.self_cond=0.0"]}
 
@@ -55,6 +58,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=HERE / "work" / "multi30k-de-en",
                    help="Multi30k prepared by bench/multi30k.py")
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--name", default="precision", help="results file name (results/NAME.json and .md)")
     args = p.parse_args()
     rows = {}
     for name, overrides in VARIANTS.items():
@@ -65,8 +69,9 @@ def main() -> None:
           "| variant | target tokens/s | vs fp32 |", "|---|---|---|"]
     md += [f"| {k} | {v} | {v / base:.2f}x |" for k, v in rows.items()]
     md += ["", f"{args.steps} updates of train.max_tokens=2048 after 3 warm-up updates.",
+           f"`precision: auto` resolves to {resolve_precision('auto', torch.device('cpu'))} on this machine.",
            f"Machine: {machine()}", f"Command: `{command()}`", ""]
-    save_results("precision", {"tokens_per_second": rows, "steps": args.steps, "machine": machine(), "commit": commit(),
+    save_results(args.name, {"tokens_per_second": rows, "steps": args.steps, "machine": machine(), "commit": commit(),
                                "command": command()}, "\n".join(md))
 
 

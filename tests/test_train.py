@@ -97,3 +97,18 @@ def test_gradient_accumulation_takes_update_freq_batches_per_update(tiny_data, t
     train(tiny_config(tiny_data, tmp_path / "r", max_updates=3, validate_every=3, update_freq=2))
     state = json.loads((tmp_path / "r" / "checkpoints" / "update_0000003" / "state.json").read_text())["state"]
     assert state["update"] == 3 and (state["epoch"], state["batch"]) == (0, 6)
+
+
+def test_auto_precision_is_bf16_only_on_cpus_with_bf16_instructions(monkeypatch):
+    from difformer import precision
+
+    assert precision.has_bf16_flag("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")  # AMD EPYC
+    assert precision.has_bf16_flag("flags\t\t: avx512f amx_bf16 amx_tile\n")  # Intel with AMX
+    assert not precision.has_bf16_flag("flags\t\t: fpu avx2 avx512f avx512bw\n")
+    assert not precision.has_bf16_flag("model name\t: avx512_bf16\nflags\t\t: avx2\n")  # the flags line only
+    assert not precision.has_bf16_flag("")
+    cpu = torch.device("cpu")
+    for has, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda has=has: has)
+        assert precision.resolve_precision("auto", cpu) == expected
+        assert precision.resolve_precision("fp32", cpu) == "fp32"
