@@ -8,10 +8,10 @@
 Every run trains the `multi30k` preset for the same wall-clock budget with the module switches below,
 decodes test2016 with the default decoding (20 steps, 1 x 1 candidates) and records sacreBLEU, the final
 training MSE, anchor loss and mean embedding norm (log.jsonl running means over the last 50 updates),
-and the updates. `--updates N` trains every run for N updates instead (no time limit): the budget to use
-on a machine slower or faster than the one the other runs were made on, as bf16 and fp32 reach the same
-validation BLEU per update (README, precision). The baseline is embedding diffusion as in Diffusion-LM: the rounding loss (CE of the
-clean z0) instead of the anchor loss, no embedding norm, F = 1; "mse-only" is the full model with no
+and the updates. `--updates N` trains every run for N updates instead (no time limit): the budget for
+runs made on a slower or faster machine than the others, as bf16 and fp32 reach the same validation
+BLEU per update (README, training speed). The baseline is embedding diffusion as in Diffusion-LM: the
+rounding loss (CE of the clean z0) instead of the anchor loss, no embedding norm, F = 1; "mse-only" is the full model with no
 token loss at all (the collapse setting of the paper's first claim). A finished run is recorded in
 results/ablation.json and skipped next time; a killed run continues from its last checkpoint. One
 training at a time: two on 2 cores distort both.
