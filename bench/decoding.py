@@ -2,6 +2,7 @@
 {5, 10, 20}, early stopping on and off, and length x noise beams {1x1, 3x1, 3x3, 7x3}; plus fp32 vs bf16.
 
     python bench/decoding.py --model bench/work/runs/multi30k-25min/model
+    python bench/decoding.py --grid compare --name decoding-epyc --model M  # fp32 vs bf16 on another machine
 
 Resumable: each finished setting is recorded in results/decoding.json and skipped next time.
 """
@@ -30,6 +31,11 @@ def settings() -> list[dict]:
     return grid
 
 
+def compared(s: dict) -> bool:
+    """The rows decoded in every precision: the default decoding and the largest beam."""
+    return s["steps"] == 20 and not s["early_stop"] and (s["length_beam"], s["noise_beam"]) in ((1, 1), (7, 3))
+
+
 def markdown(results: dict) -> str:
     rows = sorted(results["rows"].values(), key=lambda r: (r["precision"], r["nfe"], -r["sacrebleu"]))
     lines = ["# Decoding: quality against speed (Multi30k test2016, 1,000 sentences)", "",
@@ -48,17 +54,20 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=HERE / "work" / "runs" / "multi30k-25min" / "model")
     p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "multi30k")
     p.add_argument("--precision", default="bf16,fp32", help="comma-separated; fp32 runs the 20-step 1x1 and 7x3 rows only")
+    p.add_argument("--grid", choices=("full", "compare"), default="full",
+                   help="compare: only the rows decoded in every precision (20 steps, 1x1 and 7x3)")
+    p.add_argument("--name", default="decoding", help="results file name (results/NAME.json and .md)")
     args = p.parse_args()
     sources = (args.data / "test.de").read_text(encoding="utf-8").splitlines()
     refs = (args.data / "test.en").read_text(encoding="utf-8").splitlines()
-    results = load_results("decoding")
+    results = load_results(args.name)
     results.update({"model": str(args.model), "machine": machine(), "commit": commit(), "command": command()})
     results.setdefault("rows", {})
     for precision in args.precision.split(","):
         pipe = load(args.model, precision=precision)
         for s in settings():
             beams = f"{s['length_beam']}x{s['noise_beam']}"
-            if precision == "fp32" and (beams not in ("1x1", "7x3") or s["early_stop"] or s["steps"] != 20):
+            if (precision == "fp32" or args.grid == "compare") and not compared(s):
                 continue
             key = f"{precision} steps={s['steps']} early={s['early_stop']} {beams}"
             if key in results["rows"]:
@@ -72,7 +81,7 @@ def main() -> None:
                                     "sentences_per_second": round(len(sources) / t["wall"], 1),
                                     "cpu_seconds": round(t["cpu"], 1)}
             print(f"{key}: BLEU {bleu.score:.2f}, {len(sources) / t['wall']:.1f} sent/s", flush=True)
-            save_results("decoding", results, markdown(results))
+            save_results(args.name, results, markdown(results))
 
 
 if __name__ == "__main__":
