@@ -170,6 +170,19 @@ def test_bad_decoding_options_are_one_line(model_dir, capsys, option, value, wor
     assert err.count("\n") == 1 and words in err
 
 
+def test_threads_option_sets_torch_threads_and_refuses_zero(model_dir, tmp_path, capsys, one_thread):
+    import torch
+
+    (tmp_path / "in.txt").write_text("red cat\n")
+    assert main(["generate", "--model", str(model_dir), "-i", str(tmp_path / "in.txt"), "--threads", "2"]) == 0
+    assert torch.get_num_threads() == 2  # the one_thread fixture restores the count afterwards
+    capsys.readouterr()
+    for command in (["generate", "--model", str(model_dir)], ["train", "quickstart"], ["quickstart"]):
+        assert main([*command, "--threads", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--threads must be >= 1, got 0" in err
+
+
 # ---- prepare ---------------------------------------------------------------------------------------
 
 def test_prepare_keeps_hostile_text_aligned(tiny_data, tmp_path):

@@ -66,6 +66,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.add_argument("--resume", action="store_true", help="continue the run in train.save_dir")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    _add_threads(p)
     p.set_defaults(func=_run_train)
 
 
@@ -103,6 +104,22 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16 autocast where the hardware is fast at it (auto), or force one")
     g.add_argument("--device", default="cpu", help="torch device")
+    _add_threads(g)
+
+
+def _add_threads(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: one per core); give each "
+                   "job its share when several run on one machine, or they slow each other down many times")
+
+
+def _set_threads(n: int | None) -> None:
+    if n is None:
+        return
+    if n < 1:
+        raise DifformerError(f"--threads must be >= 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def _decoding_options(args: argparse.Namespace) -> dict:
@@ -262,6 +279,7 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default="quickstart", help="where the corpus, data and run go")
     p.add_argument("--minutes", type=float, default=5.0, help="training wall-clock budget")
     p.add_argument("--seed", type=int, default=1)
+    _add_threads(p)
     p.set_defaults(func=_run_quickstart)
 
 
@@ -297,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        _set_threads(getattr(args, "threads", None))
         return args.func(args) or 0
     except DifformerError as e:
         print(f"difformer {args.command}: error: {e}", file=sys.stderr)
