@@ -188,13 +188,17 @@ def main() -> None:
         p.error(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(known)}")
     results = load_results("ablation")
     runs_dir = args.work / "ablation"
+    if args.report:  # refresh what run directories still hold (columns added since a run was recorded)
+        present = [tag for tag in results.get("runs", {}) if (runs_dir / tag / "checkpoints" / "last.json").is_file()]
+        if present:  # the corpus is needed only for this: a clean clone rewrites the tables without it
+            target_ids = PairDataset(prepared(args.data, args.work), "train").target_tokens
+        for tag in present:
+            results["runs"][tag].update(final_stats(runs_dir / tag, target_ids))
+        report(results, runs_dir)
+        return
     data = prepared(args.data, args.work)
     target_ids = PairDataset(data, "train").target_tokens
-    if args.report:  # refresh what the run directories still hold (columns added since a run was recorded)
-        for tag, record in results.get("runs", {}).items():
-            if (runs_dir / tag / "checkpoints" / "last.json").is_file():
-                record.update(final_stats(runs_dir / tag, target_ids))
-    for tag in [] if args.report else todo:
+    for tag in todo:
         if tag in results.get("runs", {}):
             print(f"{tag}: already recorded in bench/results/ablation.json; skipped")
             continue
