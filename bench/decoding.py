@@ -1,5 +1,6 @@
 """The speed / quality curve of decoding: BLEU and sentences per second on Multi30k test2016 for steps in
-{5, 10, 20}, early stopping on and off, and length x noise beams {1x1, 3x1, 3x3, 7x3}; plus fp32 vs bf16.
+{5, 10, 20}, early stopping on and off, and length x noise beams {1x1, 3x1, 3x3, 7x3}; plus fp32 vs bf16,
+and the default decoding one sentence at a time (batch 1: the latency an interactive user sees).
 
     python bench/decoding.py --model bench/work/runs/multi30k-25min/model
     python bench/decoding.py --grid compare --name decoding-epyc --model M  # fp32 vs bf16 on another machine
@@ -28,22 +29,26 @@ def settings() -> list[dict]:
             for beams in ("1x1", "3x1", "3x3", "7x3"):
                 l, n = map(int, beams.split("x"))
                 grid.append({"steps": steps, "early_stop": early, "length_beam": l, "noise_beam": n})
-    return grid
+    # max_tokens 1 puts every sentence in a batch of its own (its output stays the same)
+    return grid + [{"steps": 20, "early_stop": 0, "length_beam": 1, "noise_beam": 1, "max_tokens": 1}]
 
 
 def compared(s: dict) -> bool:
-    """The rows decoded in every precision: the default decoding and the largest beam."""
+    """The rows decoded in every precision: the default decoding, the largest beam, and batch 1."""
     return s["steps"] == 20 and not s["early_stop"] and (s["length_beam"], s["noise_beam"]) in ((1, 1), (7, 3))
 
 
 def markdown(results: dict) -> str:
-    rows = sorted(results["rows"].values(), key=lambda r: (r["precision"], r["nfe"], -r["sacrebleu"]))
+    rows = sorted(results["rows"].values(),
+                  key=lambda r: (r["precision"], r.get("batch") == 1, r["nfe"], -r["sacrebleu"]))
     lines = ["# Decoding: quality against speed (Multi30k test2016, 1,000 sentences)", "",
-             f"Model: `{results['model']}`. Batch: all sentences, sorted by length, batched by "
-             "decode.max_tokens. Selection: the model's own mean token log-probability.", "",
-             "| precision | steps | early stop | candidates | NFE | sacreBLEU | sentences/s |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['precision']} | {r['steps']} | {r['early_stop'] or 'off'} | {r['candidates']} | {r['nfe']} | "
-              f"{r['sacrebleu']} | {r['sentences_per_second']} |" for r in rows]
+             f"Model: `{results['model']}`. Batches: all sentences, sorted by length, batched by "
+             "decode.max_tokens, or one sentence at a time (batch 1: the latency an interactive user sees). "
+             "Selection: the model's own mean token log-probability.", "",
+             "| precision | batch | steps | early stop | candidates | NFE | sacreBLEU | sentences/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['precision']} | {1 if r.get('batch') == 1 else 'by max_tokens'} | {r['steps']} | {r['early_stop'] or 'off'} | "
+              f"{r['candidates']} | {r['nfe']} | {r['sacrebleu']} | {r['sentences_per_second']} |" for r in rows]
     lines += ["", f"sacreBLEU signature: `{rows[0]['signature']}`" if rows else "", f"Machine: {results['machine']}",
               f"Command: `{results['command']}`", ""]
     return "\n".join(lines)
@@ -69,7 +74,7 @@ def main() -> None:
             beams = f"{s['length_beam']}x{s['noise_beam']}"
             if (precision == "fp32" or args.grid == "compare") and not compared(s):
                 continue
-            key = f"{precision} steps={s['steps']} early={s['early_stop']} {beams}"
+            key = f"{precision} steps={s['steps']} early={s['early_stop']} {beams}{' batch=1' if 'max_tokens' in s else ''}"
             if key in results["rows"]:
                 continue
             with timed() as t:
@@ -77,6 +82,7 @@ def main() -> None:
             bleu = corpus_bleu(hyps, refs)
             cfg = pipe.decode_config(**s)
             results["rows"][key] = {**s, "precision": precision, "candidates": beams, "nfe": cfg.nfe,
+                                    "batch": 1 if "max_tokens" in s else "max_tokens",
                                     "sacrebleu": round(bleu.score, 2), "signature": bleu.signature,
                                     "sentences_per_second": round(len(sources) / t["wall"], 1),
                                     "cpu_seconds": round(t["cpu"], 1)}
