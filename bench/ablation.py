@@ -116,9 +116,11 @@ def markdown(results: dict) -> str:
                   f"Decoding: {any_run['results'][0]['setting']}. sacreBLEU signature: `{any_run['signature']}`"]
         machines = list(dict.fromkeys(r["machine"] for r in runs.values()))
         lines += [f"Machine: {machines[0]}" if len(machines) == 1 else "Machines differ: each run names its own.", ""]
-        lines += [f"- `{tag}` ({r['updates']} updates in {r['train_minutes']} min, {r['train_cpu_minutes']} CPU min, "
-                  f"commit {r['commit']}{'' if len(machines) == 1 else ', ' + r['machine']}): `{r['command']}`"
-                  for tag, r in runs.items()]
+        for tag, r in runs.items():
+            cpu = ("CPU min not recorded (resumed)" if r["train_cpu_minutes"] is None
+                   else f"{r['train_cpu_minutes']} CPU min")
+            lines.append(f"- `{tag}` ({r['updates']} updates in {r['train_minutes']} min, {cpu}, commit {r['commit']}"
+                         f"{'' if len(machines) == 1 else ', ' + r['machine']}): `{r['command']}`")
     return "\n".join(lines) + "\n"
 
 

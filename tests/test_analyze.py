@@ -207,11 +207,13 @@ def test_ablation_report_tables_and_plots(tmp_path, monkeypatch):
         runs[tag] = {"switches": ab.arms()[tag], "updates": 150, "sacrebleu": 10.0 + i, "signature": "sig",
                      "machine": "other" if tag == "baseline" else "m", "command": "c", "commit": "x", "train_minutes": 1.0, "train_cpu_minutes": 2.0,
                      "results": [{"setting": "steps=20"}], **ab.final_stats(work / tag, target_ids)}
+    runs["full-F"]["train_cpu_minutes"] = None  # resumed: the process saw part of the training only
     ab.report({"runs": runs}, work)
     md = (tmp_path / "results" / "ablation.md").read_text()
     assert "| full-F2 | anchor | input | 2 | 150 | 0.0067 | 3.5 | 12.0 | 3.0 | 4.243 | 12.0 |" in md
     assert "Machines differ: each run names its own." in md
     assert "- `baseline` (150 updates in 1.0 min, 2.0 CPU min, commit x, other): `c`" in md
+    assert "- `full-F` (150 updates in 1.0 min, CPU min not recorded (resumed), commit x, m): `c`" in md
     assert "Not yet run: full-anchor, full-norm, baseline+anchor, baseline+norm, baseline+F, full-F3, full-F6, mse-only." in md
     sweep = json.loads((tmp_path / "results" / "noise_factor.json").read_text())["runs"]
     assert [(r["noise_factor"], r["run"], r["sacrebleu"]) for r in sweep] == [
