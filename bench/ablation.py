@@ -16,8 +16,9 @@ token loss at all (the collapse setting of the paper's first claim). A finished 
 results/ablation.json and skipped next time; a killed run continues from its last checkpoint. One
 training at a time: two on 2 cores distort both.
 
-Writes results/ablation.{json,md,png}, results/ablation_curves.png (the training curves of every run:
-the collapse shows there) and results/noise_factor.{json,md,png} (F in 1, 2, 3, 4, 6).
+Writes results/ablation.{json,md,png}, results/ablation_curves.png (the training curves of every run
+whose record keeps them: the collapse shows there) and results/noise_factor.{json,md,png} (F in 1, 2, 3,
+4, 6).
 """
 from __future__ import annotations
 
@@ -82,8 +83,11 @@ def run_command(tag: str, argv: list[str]) -> str:
 def final_stats(run: Path, target_ids: np.ndarray, top: int = 1000) -> dict:
     """The log's last running means, and where the `top` most frequent target tokens sit in the last
     checkpoint (not the averaged model): their mean norm ||sqrt(e) E[v]|| and mean pairwise distance.
-    MSE alone pulls exactly these tokens together; the source-only tokens keep the mean norm up."""
-    last = {k: v[-1] for k, v in read_log(run / "log.jsonl").items()}
+    MSE alone pulls exactly these tokens together; the source-only tokens keep the mean norm up. Also the
+    training curves, kept in the JSON so that the plot does not depend on run directories that a new
+    machine does not have."""
+    curves = read_log(run / "log.jsonl")
+    last = {k: v[-1] for k, v in curves.items()}
     ckpt = run / "checkpoints" / checkpoint.read_last(run / "checkpoints")
     E = hub.load_weights(ckpt / hub.WEIGHTS)["embed.weight"].float()
     counts = np.bincount(target_ids, minlength=E.shape[0])
@@ -91,7 +95,8 @@ def final_stats(run: Path, target_ids: np.ndarray, top: int = 1000) -> dict:
     z0 = E[torch.from_numpy(ids[counts[ids] > 0])] * E.shape[1] ** 0.5
     return {"final_mse": round(last["mse"], 4), "final_anchor": round(last["anchor"], 3),
             "embed_norm": round(last["embed_norm"], 3), "target_norm": round(z0.norm(dim=1).mean().item(), 3),
-            "target_distance": round(torch.pdist(z0).mean().item(), 3)}
+            "target_distance": round(torch.pdist(z0).mean().item(), 3),
+            "curves": {k: [float(f"{x:.4g}") for x in v] for k, v in curves.items()}}
 
 
 def markdown(results: dict) -> str:
@@ -136,8 +141,8 @@ def sweep_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(results: dict, work: Path) -> None:
-    """Tables and plots from the recorded runs (and their logs, for the training curves)."""
+def report(results: dict) -> None:
+    """Tables and plots from the recorded runs."""
     runs = results.get("runs", {})
     save_results("ablation", results, markdown(results))
     rows = [{"noise_factor": f, "run": tag, **{k: runs[tag][k] for k in ("sacrebleu", "updates", "final_mse")}}
@@ -152,7 +157,7 @@ def report(results: dict, work: Path) -> None:
     bars = ax.barh(tags, [runs[t]["sacrebleu"] for t in tags], color=["C1" if t == "full" else "C0" for t in tags])
     ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.set_xlabel("test2016 sacreBLEU (20 steps, 1x1)")
-    ax.set_title("Ablation on Multi30k De->En, equal training time")
+    ax.set_title("Ablation on Multi30k De->En, equal training budgets")
     fig.tight_layout()
     fig.savefig(RESULTS / "ablation.png", dpi=110)
     plt.close(fig)
@@ -166,9 +171,9 @@ def report(results: dict, work: Path) -> None:
         fig.tight_layout()
         fig.savefig(RESULTS / "noise_factor.png", dpi=110)
         plt.close(fig)
-    logs = {tag: read_log(work / tag / "log.jsonl") for tag in runs if (work / tag / "log.jsonl").is_file()}
-    if logs:
-        plot_logs(logs, RESULTS / "ablation_curves.png")
+    curves = {tag: r["curves"] for tag, r in runs.items() if "curves" in r}
+    if curves:
+        plot_logs(curves, RESULTS / "ablation_curves.png")
 
 
 def main() -> None:
@@ -196,7 +201,7 @@ def main() -> None:
             target_ids = PairDataset(prepared(args.data, args.work), "train").target_tokens
         for tag in present:
             results["runs"][tag].update(final_stats(runs_dir / tag, target_ids))
-        report(results, runs_dir)
+        report(results)
         return
     data = prepared(args.data, args.work)
     target_ids = PairDataset(data, "train").target_tokens
@@ -224,10 +229,10 @@ def main() -> None:
         record = run_record(run, decode_test(run / "model", args.data, ["1x1"]), train_time, code)
         record.update(switches=switches, command=run_command(tag, sys.argv), **final_stats(run, target_ids))
         results.setdefault("runs", {})[tag] = record
-        report(results, runs_dir)  # after every run, so a stopped sweep still has its tables
+        report(results)  # after every run, so a stopped sweep still has its tables
         print(f"{tag}: test2016 sacreBLEU {record['sacrebleu']}, final MSE {record['final_mse']}, "
               f"embedding norm {record['embed_norm']}", flush=True)
-    report(results, runs_dir)
+    report(results)
 
 
 if __name__ == "__main__":
