@@ -31,14 +31,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, commit, load_results, save_results, timed  # noqa: E402
-from multi30k import decode_test, prepared, run_record  # noqa: E402
+from common import RESULTS, commit, load_results, save_results  # noqa: E402
+from multi30k import decode_test, prepared, run_record, train_run  # noqa: E402
 
 from difformer import checkpoint, hub  # noqa: E402
 from difformer.analyze import plot_logs, pyplot, read_log  # noqa: E402
 from difformer.config import load_config  # noqa: E402
 from difformer.data.binarize import PairDataset  # noqa: E402
-from difformer.train import train  # noqa: E402
 
 HERE = Path(__file__).parent
 FULL = {"diffusion.anchor": "anchor", "model.embed_norm": "input", "diffusion.noise_factor": 4.0}
@@ -217,15 +216,8 @@ def main() -> None:
                                        *(f"{k}={v}" for k, v in switches.items())])
         print(f"{tag}: training {f'{args.updates} updates' if args.updates else f'{args.minutes:g} minutes'} "
               f"with {switches}", flush=True)
-        code, train_time = commit(), None
-        if not (run / "model" / "model.safetensors").exists():
-            resumed = (run / "checkpoints" / "last.json").exists()
-            with timed() as train_time:
-                train(cfg, resume=resumed)
-            if resumed:  # this process saw only part of the training: no CPU time rather than a wrong one
-                train_time = None
-            if not (run / "model" / "model.safetensors").exists():  # stopped by a signal: checkpoint saved
-                sys.exit(f"{tag}: training stopped; run the same command again to continue from its checkpoint")
+        code = commit()
+        train_time = train_run(cfg, run, tag)
         record = run_record(run, decode_test(run / "model", args.data, ["1x1"]), train_time, code)
         record.update(switches=switches, command=run_command(tag, sys.argv), **final_stats(run, target_ids))
         results.setdefault("runs", {})[tag] = record

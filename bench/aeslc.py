@@ -17,14 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import commit, load_results, save_results, timed  # noqa: E402
-from multi30k import run_record  # noqa: E402
+from multi30k import run_record, train_run  # noqa: E402
 
 from difformer.config import load_config  # noqa: E402
 from difformer.data.corpus import read_lines  # noqa: E402
 from difformer.data.prepare import prepare  # noqa: E402
 from difformer.generate import load  # noqa: E402
 from difformer.metrics import rouge  # noqa: E402
-from difformer.train import train  # noqa: E402
 
 HERE = Path(__file__).parent
 LEAD_WORDS = 4  # the mean subject length in words (data/aeslc/SOURCE.md)
@@ -109,12 +108,8 @@ def main() -> None:
     run = args.work / "runs" / tag
     cfg = load_config(args.config, [f"train.data={data}", f"train.save_dir={run}",
                                     f"train.max_minutes={args.minutes}", *args.overrides])
-    code, train_time = commit(), None
-    if not (run / "model" / "model.safetensors").exists():
-        with timed() as train_time:
-            train(cfg, resume=(run / "checkpoints" / "last.json").exists())
-        if not (run / "model" / "model.safetensors").exists():  # stopped by a signal: checkpoint saved
-            sys.exit(f"{tag}: training stopped; run the same command again to continue from its checkpoint")
+    code = commit()
+    train_time = train_run(cfg, run, tag)
     pipe = load(run / "model")
     with timed() as t:
         hyps = pipe.generate(emails)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import command, commit, load_results, machine, save_results, timed  # noqa: E402
 
 from difformer.analyze import pyplot  # noqa: E402
-from difformer.config import load_config  # noqa: E402
+from difformer.config import Config, load_config  # noqa: E402
 from difformer.data.prepare import prepare  # noqa: E402
 from difformer.generate import load  # noqa: E402
 from difformer.metrics import corpus_bleu  # noqa: E402
@@ -54,6 +54,19 @@ def decode_test(model_dir: Path, data: Path, settings: list[str]) -> list[dict]:
                      "decode_sentences_per_second": round(len(sources) / t["wall"], 1)})
         print(f"  {setting}: BLEU {bleu.score:.2f}, {len(sources) / t['wall']:.1f} sentences/s", flush=True)
     return rows
+
+
+def train_run(cfg: Config, run: Path, tag: str) -> dict | None:
+    """Train `run` unless its model exists; a killed run continues from its last checkpoint. Returns the
+    process's wall and CPU time, or None when it trained nothing or resumed (it saw part of the training)."""
+    if (run / "model" / "model.safetensors").exists():
+        return None
+    resumed = (run / "checkpoints" / "last.json").exists()
+    with timed() as t:
+        train(cfg, resume=resumed)
+    if not (run / "model" / "model.safetensors").exists():  # stopped by a signal: checkpoint saved
+        sys.exit(f"{tag}: training stopped; run the same command again to continue from its checkpoint")
+    return None if resumed else t
 
 
 def run_record(run: Path, rows: list[dict], train_time: dict | None, code: str) -> dict:
@@ -137,12 +150,8 @@ def main() -> None:
     run = args.work / "runs" / tag
     cfg = load_config(args.config, [f"train.data={data}", f"train.save_dir={run}",
                                     f"train.max_minutes={args.minutes}", *args.overrides])
-    code, train_time = commit(), None
-    if not (run / "model" / "model.safetensors").exists():
-        with timed() as train_time:
-            train(cfg, resume=(run / "checkpoints" / "last.json").exists())
-        if not (run / "model" / "model.safetensors").exists():  # stopped by a signal: checkpoint saved
-            sys.exit(f"{tag}: training stopped; run the same command again to continue from its checkpoint")
+    code = commit()
+    train_time = train_run(cfg, run, tag)
     record = run_record(run, decode_test(run / "model", args.data, args.settings.split(",")), train_time, code)
     record["overrides"] = args.overrides
     results.setdefault("runs", {})[tag] = record
