@@ -101,7 +101,8 @@ def markdown(results: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for tag, r in results.get("runs", {}).items():
         for row in r["results"]:
-            lines.append(f"| {tag} | {r['train_minutes']} ({r['train_cpu_minutes']}) | {r['updates']} | "
+            cpu = "resumed" if r["train_cpu_minutes"] is None else r["train_cpu_minutes"]
+            lines.append(f"| {tag} | {r['train_minutes']} ({cpu}) | {r['updates']} | "
                          f"{r['train_tokens_per_second']} | {row['setting'].split(' NFE')[0]} | "
                          f"{row['nfe']} | {row['sacrebleu']} | {row['decode_sentences_per_second']} |")
     any_run = next(iter(results.get("runs", {}).values()), None)
