@@ -23,6 +23,15 @@ def test_length_classes_are_offsets_clamped_to_range():
     assert length_targets(torch.tensor([1]), torch.tensor([400]), 256).tolist() == [255]
 
 
+def test_absolute_length_classes_ignore_the_source_length():
+    src, tgt = torch.tensor([10, 120, 300]), torch.tensor([6, 6, 400])
+    assert length_targets(src, tgt, 256, offset=False).tolist() == [6, 6, 255]
+    logits = torch.full((2, 256), -10.0)
+    logits[:, 6] = 5.0  # 6 tokens, whatever the source
+    lengths = predict_lengths(logits, torch.tensor([10, 120]), beam=3, max_len=64, offset=False)
+    assert lengths.tolist() == [[5, 6, 7], [5, 6, 7]]
+
+
 def test_predicted_lengths_centre_the_beam_on_the_argmax():
     logits = torch.full((2, 256), -10.0)
     logits[0, 130] = 5.0  # +2 over the source length

@@ -33,7 +33,10 @@ class ModelConfig:
     max_positions: int = 256  # positions per side, BOS/EOS included
     norm_first: bool = False  # False: post-LN as in the reference; True: pre-LN
     embed_norm: str = "input"  # "input" (LayerNorm on the decoder input), "before_noise", "none"
-    length_classes: int = 256  # classes of tgt_len - src_len + length_classes // 2
+    length_classes: int = 256  # classes of tgt_len - src_len + length_classes // 2 (or of tgt_len)
+    # True: predict the target length as an offset from the source length, as NAT translation models do;
+    # False: predict it outright, for tasks whose output length does not follow the input (summaries).
+    length_offset: bool = True
     # std of E at init. None: 1/sqrt(e), so z0 = sqrt(e) E[y] starts at unit variance per dimension, the
     # scale the noise assumes. The reference's BERT init (0.02) starts z0 tiny, and Adam can then collapse
     # E onto the decoder output before the anchor loss separates the words: see the quickstart notes.

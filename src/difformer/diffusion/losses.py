@@ -46,7 +46,8 @@ def difformer_loss(model: Difformer, schedule: Schedule, cfg: DiffusionConfig, s
     anchor_logits = model.logits(z0_hat)  # (B, T, V)
     anchor = token_ce(anchor_logits, tgt, tgt_mask, cfg.label_smoothing)
     src_lens, tgt_lens = src_mask.sum(1), tgt_mask.sum(1)
-    length = F.cross_entropy(length_logits.float(), length_targets(src_lens, tgt_lens, length_logits.shape[-1]))
+    classes = length_targets(src_lens, tgt_lens, length_logits.shape[-1], model.cfg.length_offset)
+    length = F.cross_entropy(length_logits.float(), classes)
 
     loss = mse + cfg.length_weight * length
     if cfg.anchor == "anchor":

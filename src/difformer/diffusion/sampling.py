@@ -88,7 +88,8 @@ def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor,
     B = src.shape[0]
     l, n = cfg.length_beam, cfg.noise_beam
     memory, length_logits = model.encode(src, src_mask)
-    lengths = predict_lengths(length_logits.float(), src_mask.sum(1), l, model.cfg.max_positions)  # (B, l)
+    lengths = predict_lengths(length_logits.float(), src_mask.sum(1), l, model.cfg.max_positions,
+                              model.cfg.length_offset)  # (B, l)
     lengths = lengths.repeat_interleave(n, dim=1).reshape(-1)  # (B*l*n,)
     memory = memory.repeat_interleave(l * n, dim=0)
     src_mask = src_mask.repeat_interleave(l * n, dim=0)

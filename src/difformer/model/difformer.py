@@ -100,15 +100,15 @@ def _bert_init(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def length_targets(src_lens: torch.Tensor, tgt_lens: torch.Tensor, classes: int) -> torch.Tensor:
-    """Length classes tgt_len - src_len + classes // 2, clamped (lengths count BOS/EOS)."""
-    return (tgt_lens - src_lens + classes // 2).clamp(0, classes - 1)
+def length_targets(src_lens: torch.Tensor, tgt_lens: torch.Tensor, classes: int, offset: bool = True) -> torch.Tensor:
+    """Length classes tgt_len - src_len + classes // 2 (offset) or tgt_len, clamped (lengths count BOS/EOS)."""
+    return (tgt_lens - src_lens + classes // 2 if offset else tgt_lens).clamp(0, classes - 1)
 
 
 def predict_lengths(length_logits: torch.Tensor, src_lens: torch.Tensor, beam: int,
-                    max_len: int) -> torch.Tensor:
+                    max_len: int, offset: bool = True) -> torch.Tensor:
     """Candidate target lengths (B, beam): the argmax length L plus offsets -beam//2 .. around it."""
     classes = length_logits.shape[-1]
-    best = length_logits.argmax(-1) + src_lens - classes // 2  # (B,)
+    best = length_logits.argmax(-1) + (src_lens - classes // 2 if offset else 0)  # (B,)
     offsets = torch.arange(beam, device=best.device) - beam // 2
     return (best[:, None] + offsets[None, :]).clamp(2, max_len)  # BOS + EOS at least
