@@ -3,6 +3,7 @@ ROUGE-1/2/L F1 on test against the original subjects and against the three human
 three per email), next to the lead baseline (the email's first words).
 
     python bench/aeslc.py                          # 25 minutes of the multi30k preset, untuned for this task
+    python bench/aeslc.py --tag aeslc-25min-abslen model.length_offset=false   # lengths predicted outright
     python bench/aeslc.py --tag lr1e-3 train.lr=1e-3   # an experiment, recorded under its tag
 
 Emails are cut to the preset's 128 positions (126 subwords) in training and decoding; subjects are about
