@@ -48,3 +48,29 @@ def test_tiny_model_learns_reversal():
     correct = ((tokens[:, :L] == tgt[:, :L]) & tgt_mask[:, :L]).sum().item()
     accuracy = correct / tgt_mask.sum().item()
     assert accuracy >= 0.95, f"token accuracy {accuracy:.3f}"
+
+
+def test_absolute_lengths_are_learnt_where_the_output_length_does_not_follow_the_input():
+    """length_offset=False: a 'summary' (the first two tokens) of any-length sources gets length 4."""
+    torch.manual_seed(0)
+    model = Difformer(ModelConfig(vocab_size=V, embed_dim=16, d_model=32, n_heads=2, ffn_dim=64, enc_layers=1,
+                                  dec_layers=1, dropout=0.0, max_positions=24, length_classes=24,
+                                  length_offset=False))
+    schedule, diffusion = Schedule("sqrt", 2000), DiffusionConfig()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+
+    def batch(n: int, g: torch.Generator):
+        src_mask = torch.arange(20) < torch.randint(3, 21, (n, 1), generator=g)  # 3 to 20 tokens
+        src = torch.randint(FIRST, V, (n, 20), generator=g) * src_mask  # PAD = 0 beyond the length
+        tgt = torch.stack([torch.full((n,), BOS), src[:, 0], src[:, 1], torch.full((n,), EOS)], 1)
+        return src, src_mask, tgt, tgt != PAD
+
+    for _ in range(150):
+        loss, _ = difformer_loss(model, schedule, diffusion, *batch(64, g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    src, src_mask, _, _ = batch(200, torch.Generator().manual_seed(99))
+    lengths = generate_candidates(model.eval(), schedule, src, src_mask, DecodeConfig(steps=2)).lengths[:, 0]
+    assert src_mask.sum(1).unique().numel() > 5 and (lengths == 4).float().mean() >= 0.95
