@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import commit, load_results, save_results, timed  # noqa: E402
-from multi30k import run_record, train_run  # noqa: E402
+from multi30k import train_run, training_record  # noqa: E402
 
 from difformer.config import load_config  # noqa: E402
 from difformer.data.corpus import read_lines  # noqa: E402
@@ -30,25 +30,21 @@ HERE = Path(__file__).parent
 LEAD_WORDS = 4  # the mean subject length in words (data/aeslc/SOURCE.md)
 
 
-def lines(path: Path) -> list[str]:
+def text_lines(path: Path) -> list[str]:
     return list(read_lines(path))  # as `prepare` reads them: split at \n only
 
 
-def prepared(data: Path, work: Path, max_len: int) -> Path:
-    dest = work / "aeslc"
+def prepared(data: Path, dest: Path, max_len: int) -> None:
     if not (dest / "dataset.json").exists():
         prepare(source_lang="src", target_lang="tgt", trainpref=str(data / "train"), validpref=str(data / "valid"),
                 testpref=str(data / "test"), destdir=str(dest), vocab_size=8000, max_len=max_len, long="truncate",
                 force=True)
-    return dest
 
 
-def scores(hyps: list[str], data: Path) -> dict:
-    """ROUGE F1 x100 against the original subjects and against the three annotations (best per email)."""
-    original = [lines(data / "test.tgt")]
-    annotations = [lines(data / f"test.ann{i}") for i in range(3)]
+def scores(hyps: list[str], references: dict[str, list[list[str]]]) -> dict:
+    """ROUGE F1 x100 against each set of reference streams (several: the best per email)."""
     out = {}
-    for name, refs in (("original", original), ("annotations", annotations)):
+    for name, refs in references.items():
         result = rouge(hyps, refs)
         out[name] = {k: round(s.score, 2) for k, s in result.items()}
         out[name]["signature"] = result["rouge1"].signature
@@ -99,32 +95,27 @@ def main() -> None:
     args = p.parse_args()
     tag = args.tag or f"aeslc-{args.minutes:g}min"
     results = load_results("aeslc")
-    emails = lines(args.data / "test.src")
-    results["lead"] = scores([" ".join(e.split()[:LEAD_WORDS]) for e in emails], args.data)
+    emails, subjects = text_lines(args.data / "test.src"), text_lines(args.data / "test.tgt")
+    references = {"original": [subjects], "annotations": [text_lines(args.data / f"test.ann{i}") for i in range(3)]}
+    results["lead"] = scores([" ".join(e.split()[:LEAD_WORDS]) for e in emails], references)
     if tag in results.get("runs", {}):
         print(f"{tag}: already recorded in bench/results/aeslc.json; delete it there to rerun")
         save_results("aeslc", results, markdown(results))
         return
-    data = prepared(args.data, args.work, load_config(args.config, args.overrides).model.max_positions - 2)
-    run = args.work / "runs" / tag
+    data, run = args.work / "aeslc", args.work / "runs" / tag
     cfg = load_config(args.config, [f"train.data={data}", f"train.save_dir={run}",
                                     f"train.max_minutes={args.minutes}", *args.overrides])
+    prepared(args.data, data, cfg.model.max_positions - 2)
     code = commit()
     train_time = train_run(cfg, run, tag)
     pipe = load(run / "model")
     with timed() as t:
         hyps = pipe.generate(emails)
-    cfg_decode = pipe.decode_config()
-    row = {"setting": cfg_decode.describe(), "candidates": "1x1", "sacrebleu": None, "signature": None,
-           "nfe": cfg_decode.nfe, "precision": pipe.precision, "decode_seconds": round(t["wall"], 1),
-           "decode_sentences_per_second": round(len(emails) / t["wall"], 1)}
-    record = run_record(run, [row], train_time, code)
-    subjects = lines(args.data / "test.tgt")
-    record.update(setting=row["setting"], rouge=scores(hyps, args.data), overrides=args.overrides,
-                  truncated_inputs=len(pipe.truncated),
-                  examples=[{"email": e, "subject": s, "output": h} for e, s, h in list(zip(emails, subjects, hyps))[:8]])
-    for key in ("sacrebleu", "signature"):  # BLEU is not this task's measure
-        record.pop(key)
+    decoding = pipe.decode_config()
+    record = {**training_record(run, train_time, code), "setting": decoding.describe(), "nfe": decoding.nfe,
+              "precision": pipe.precision, "decode_sentences_per_second": round(len(emails) / t["wall"], 1),
+              "rouge": scores(hyps, references), "overrides": args.overrides, "truncated_inputs": len(pipe.truncated),
+              "examples": [{"email": e, "subject": s, "output": h} for e, s, h in list(zip(emails, subjects, hyps))[:8]]}
     results.setdefault("runs", {})[tag] = record
     save_results("aeslc", results, markdown(results))
     print(f"{tag}: ROUGE-1/2/L {_r(record['rouge']['original'])} (original subjects), "

@@ -70,18 +70,25 @@ def train_run(cfg: Config, run: Path, tag: str) -> dict | None:
 
 
 def run_record(run: Path, rows: list[dict], train_time: dict | None, code: str) -> dict:
-    """The JSON record of a finished run; `code` is the commit taken when the run started."""
+    """The JSON record of a finished run decoded with `rows` (the first is the headline)."""
+    first = rows[0]
+    return {"sacrebleu": first["sacrebleu"], "signature": first["signature"],
+            **training_record(run, train_time, code),
+            "decode_sentences_per_second": first["decode_sentences_per_second"], "nfe": first["nfe"],
+            "results": rows}
+
+
+def training_record(run: Path, train_time: dict | None, code: str) -> dict:
+    """What a finished training left: updates, time, speed, validation curve; `code` is the commit taken when
+    the run started."""
     last = json.loads((run / "checkpoints" / "last.json").read_text())
     state = json.loads((run / "checkpoints" / last["checkpoint"] / "state.json").read_text())["state"]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     curve = [[round(r["seconds"] / 60, 2), round(r["valid_bleu"], 2)] for r in _with_seconds(log)]
-    first = rows[0]
-    return {"sacrebleu": first["sacrebleu"], "signature": first["signature"], "updates": state["update"],
-            "train_minutes": round(state["seconds"] / 60, 1),
+    return {"updates": state["update"], "train_minutes": round(state["seconds"] / 60, 1),
             "train_cpu_minutes": round(train_time["cpu"] / 60, 1) if train_time else None,
             "train_tokens_per_second": round(state["tokens"] / state["seconds"]),
-            "decode_sentences_per_second": first["decode_sentences_per_second"], "nfe": first["nfe"],
-            "results": rows, "valid_bleu_curve": curve, "final_model": log[-1].get("final"),
+            "valid_bleu_curve": curve, "final_model": log[-1].get("final"),
             "machine": machine(), "commit": code, "command": command()}
 
 
