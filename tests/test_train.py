@@ -99,7 +99,7 @@ def test_gradient_accumulation_takes_update_freq_batches_per_update(tiny_data, t
     assert state["update"] == 3 and (state["epoch"], state["batch"]) == (0, 6)
 
 
-def test_auto_precision_is_bf16_only_on_cpus_with_bf16_instructions(monkeypatch):
+def test_auto_precision_is_bf16_only_on_cpus_with_bf16_instructions_that_measure_faster(monkeypatch):
     from difformer import precision
 
     assert precision.has_bf16_flag("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")  # AMD EPYC
@@ -107,8 +107,10 @@ def test_auto_precision_is_bf16_only_on_cpus_with_bf16_instructions(monkeypatch)
     assert not precision.has_bf16_flag("flags\t\t: fpu avx2 avx512f avx512bw\n")
     assert not precision.has_bf16_flag("model name\t: avx512_bf16\nflags\t\t: avx2\n")  # the flags line only
     assert not precision.has_bf16_flag("")
+    assert precision.bf16_speedup.__wrapped__() > 0  # the measurement itself runs
     cpu = torch.device("cpu")
-    for has, expected in ((True, "bf16"), (False, "fp32")):
+    for has, speedup, expected in ((True, 1.5, "bf16"), (True, 0.6, "fp32"), (False, 1.5, "fp32")):
         monkeypatch.setattr(precision, "cpu_has_bf16", lambda has=has: has)
+        monkeypatch.setattr(precision, "bf16_speedup", lambda speedup=speedup: speedup)
         assert precision.resolve_precision("auto", cpu) == expected
         assert precision.resolve_precision("fp32", cpu) == "fp32"

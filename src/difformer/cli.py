@@ -90,12 +90,21 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding (defaults come from the model's config)")
+    g.add_argument("--beam", type=int, help="autoregressive model: beam size; 1 is greedy (4)")
+    g.add_argument("--lenpen", type=float, help="autoregressive model: rank hypotheses by log-prob / "
+                   "length ** lenpen (1.0)")
+    g.add_argument("--max-len-a", type=float, help="autoregressive model: at most a * source length + b "
+                   "tokens (1.2)")
+    g.add_argument("--max-len-b", type=int, help="autoregressive model: see --max-len-a (10)")
     g.add_argument("--steps", type=int, help="sampling steps K over the T-step schedule (20)")
     g.add_argument("--early-stop", type=int, help="stop after this many steps and output its z0 prediction; 0: off")
     g.add_argument("--length-beam", type=int, help="candidate lengths around the predicted one")
     g.add_argument("--noise-beam", type=int, help="independent noise samples per length")
-    g.add_argument("--selection", choices=["score", "mbr"], help="pick the candidate by the model's mean "
-                   "token log-probability (score) or by BLEU-MBR among the candidates (mbr)")
+    g.add_argument("--selection", choices=["score", "mbr", "ar"], help="pick the candidate by the model's mean "
+                   "token log-probability (score), by BLEU-MBR among the candidates (mbr), or by the "
+                   "length-normalised log-probability of the --reranker (ar)")
+    g.add_argument("--reranker", help="autoregressive model directory (same tokenizer) that scores the "
+                   "candidates for --selection ar")
     g.add_argument("--sampler", choices=["ddpm", "ddim"], help="ancestral DDPM or deterministic DDIM")
     g.add_argument("--clamp", action=argparse.BooleanOptionalAction, default=None,
                    help="replace z0_hat by its nearest word embedding at every step")
@@ -124,7 +133,7 @@ def _set_threads(n: int | None) -> None:
 
 def _decoding_options(args: argparse.Namespace) -> dict:
     names = ["steps", "early_stop", "length_beam", "noise_beam", "selection", "sampler", "clamp", "seed",
-             "max_tokens"]
+             "max_tokens", "beam", "lenpen", "max_len_a", "max_len_b"]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
@@ -148,7 +157,8 @@ def _run_generate(args: argparse.Namespace) -> None:
 
     if args.output:
         check_writable(args.output)  # before loading and decoding, not after
-    pipe = load(args.model, device=args.device, precision=args.precision)  # before stdin: fail fast
+    pipe = load(args.model, device=args.device, precision=args.precision,
+                reranker=args.reranker)  # before stdin: fail fast
     options = _decoding_options(args)
     cfg = pipe.decode_config(**options)
     lines, bad = read_lines(args.input)
@@ -162,7 +172,7 @@ def _run_generate(args: argparse.Namespace) -> None:
               f"line(s) {_ranges([i + 1 for i in pipe.truncated])}", file=sys.stderr)
     _write_lines(outputs, args.output)
     print(f"{len(lines)} sentences in {seconds:.2f}s ({len(lines) / max(seconds, 1e-9):.1f} sentences/s); "
-          f"{cfg.describe()} precision={pipe.precision}", file=sys.stderr)
+          f"{pipe.describe(cfg)} precision={pipe.precision}", file=sys.stderr)
 
 
 def _write_lines(outputs: list[str], path: str | None) -> None:
@@ -220,7 +230,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
             check_writable(args.output)  # before decoding a whole split
         hyps, refs, info = decode_split(args.model, args.data, args.split, args.precision, args.device,
-                                        _decoding_options(args), None)
+                                        _decoding_options(args), None, args.reranker)
         print(info, file=sys.stderr)
         if args.output:
             _write_lines(hyps, args.output)

@@ -22,6 +22,9 @@ PRESETS = Path(__file__).parent / "configs"
 
 @dataclass
 class ModelConfig:
+    # "difformer": the embedding diffusion model; "transformer": the autoregressive teacher and baseline
+    # (model/autoregressive.py), which uses only the sizes, dropout, max_positions and norm_first below.
+    arch: str = "difformer"
     vocab_size: int = 0  # set from the tokenizer by `train`; a model directory always has it
     embed_dim: int = 128  # e: the latent (embedding) size that diffusion runs in
     d_model: int = 512
@@ -43,6 +46,8 @@ class ModelConfig:
     embed_init_std: float | None = None
 
     def validate(self) -> None:
+        _check(self.arch in ("difformer", "transformer"),
+               f"model.arch must be difformer or transformer, not {self.arch!r}")
         _check(self.embed_norm in ("input", "before_noise", "none"),
                f"model.embed_norm must be input, before_noise or none, not {self.embed_norm!r}")
         for name in ("embed_dim", "d_model", "n_heads", "ffn_dim", "enc_layers", "dec_layers",
@@ -100,6 +105,10 @@ class TrainConfig:
     seed: int = 1
     precision: str = "auto"  # "auto", "fp32" or "bf16"
     max_bad_updates: int = 10  # updates in a row with a non-finite loss or gradient before training stops
+    label_smoothing: float = 0.1  # of the autoregressive model's cross-entropy (the anchor loss: diffusion.*)
+    # a model directory whose tensors of the same name and shape initialise this model (a Difformer's
+    # encoder from the autoregressive teacher, say); same tokenizer required
+    init_from: str = ""
 
     def validate(self) -> None:
         _check(self.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
@@ -109,6 +118,7 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr must be positive")
         _check(self.warmup_updates >= 0 and self.max_minutes >= 0, "train budgets must be >= 0")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas: two values in [0, 1)")
+        _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)")
 
 
 @dataclass
@@ -119,16 +129,26 @@ class DecodeConfig:
     noise_beam: int = 1
     sampler: str = "ddpm"  # "ddpm" (ancestral) or "ddim" (deterministic)
     clamp: bool = False  # replace z0_hat by the embedding of its argmax token at every step
-    selection: str = "score"  # "score" (model's mean token log-prob) or "mbr" (BLEU-MBR)
+    # "score" (model's mean token log-prob), "mbr" (BLEU-MBR) or "ar" (an autoregressive reranker's
+    # length-normalised log-probability: Pipeline.reranker, `generate --reranker DIR`)
+    selection: str = "score"
     seed: int = 0
     max_tokens: int = 16000  # decoding batch size in target tokens, candidates included
+    # autoregressive models (arch transformer) only
+    beam: int = 4  # 1: greedy
+    lenpen: float = 1.0  # hypotheses ranked by log-prob / length ** lenpen, as fairseq
+    max_len_a: float = 1.2  # at most max_len_a * source length + max_len_b tokens (EOS included)
+    max_len_b: int = 10
 
     def validate(self) -> None:
         _check(self.steps >= 1, "decode.steps must be >= 1")
         _check(0 <= self.early_stop <= self.steps, "decode.early_stop must be in [0, steps]")
         _check(self.length_beam >= 1 and self.noise_beam >= 1, "decode beams must be >= 1")
         _check(self.sampler in ("ddpm", "ddim"), "decode.sampler must be ddpm or ddim")
-        _check(self.selection in ("score", "mbr"), "decode.selection must be score or mbr")
+        _check(self.selection in ("score", "mbr", "ar"), "decode.selection must be score, mbr or ar")
+        _check(self.beam >= 1, "decode.beam must be >= 1")
+        _check(self.lenpen >= 0, "decode.lenpen must be >= 0")
+        _check(self.max_len_a >= 0 and self.max_len_b >= 1, "decode.max_len_a must be >= 0, max_len_b >= 1")
         _check(self.max_tokens > 0, "decode.max_tokens must be positive")
         _check(0 <= self.seed < 2**63, "decode.seed must be in [0, 2^63)")
 
@@ -137,8 +157,11 @@ class DecodeConfig:
         """Network evaluations per sentence: steps run x candidates."""
         return (self.early_stop or self.steps) * self.length_beam * self.noise_beam
 
-    def describe(self) -> str:
+    def describe(self, arch: str = "difformer") -> str:
         """How outputs were made, printed next to every score and speed."""
+        if arch == "transformer":
+            search = "greedy" if self.beam == 1 else f"beam={self.beam} lenpen={self.lenpen}"
+            return f"autoregressive {search} max_len={self.max_len_a:g}*src+{self.max_len_b}"
         return (f"steps={self.steps} early_stop={self.early_stop or 'off'} "
                 f"candidates={self.length_beam}x{self.noise_beam} selection={self.selection} "
                 f"sampler={self.sampler} clamp={self.clamp} NFE={self.nfe}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from difformer.data.binarize import PairDataset
 from difformer.errors import DifformerError
-from difformer.generate import decode_ids, load, read_lines
+from difformer.generate import load, read_lines
 from difformer.hub import write_atomic
 from difformer.metrics import corpus_bleu, rouge, tokenized_bleu
 
@@ -37,9 +37,10 @@ def score(hyps: list[str], refs: list[list[str]], metrics: list[str], lowercase:
 
 
 def decode_split(model_dir: str, data_dir: str | None, split: str, precision: str, device: str,
-                 options: dict, output: str | None) -> tuple[list[str], list[list[str]], str]:
+                 options: dict, output: str | None, reranker: str | None = None,
+                 ) -> tuple[list[str], list[list[str]], str]:
     """Decode the sources of a prepared split; references are its detokenized targets."""
-    pipe = load(model_dir, device=device, precision=precision)
+    pipe = load(model_dir, device=device, precision=precision, reranker=reranker)
     data_dir = data_dir or pipe.trained_on
     if not data_dir or not (Path(data_dir) / "dataset.json").is_file():
         raise DifformerError(f"{data_dir or model_dir}: no prepared data; pass --data DIR")
@@ -49,10 +50,10 @@ def decode_split(model_dir: str, data_dir: str | None, split: str, precision: st
     refs = pipe.tokenizer.decode([data.tgt(i).tolist() for i in range(len(data))])
     cfg = pipe.decode_config(**options)
     start = time.perf_counter()
-    hyps = decode_ids(pipe.model, pipe.schedule, pipe.tokenizer, sources, cfg, pipe.precision)
+    hyps = pipe.decode_ids(sources, cfg)
     seconds = time.perf_counter() - start
     if output:
         write_atomic(Path(output), lambda p: p.write_text("".join(h + "\n" for h in hyps), encoding="utf-8"))
     info = (f"{split}: {len(hyps)} sentences in {seconds:.1f}s ({len(hyps) / max(seconds, 1e-9):.1f} "
-            f"sentences/s); {cfg.describe()} precision={pipe.precision}")
+            f"sentences/s); {pipe.describe(cfg)} precision={pipe.precision}")
     return hyps, [refs], info

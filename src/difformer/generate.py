@@ -1,7 +1,8 @@
-"""Batched decoding of lists of strings and of files, and the `difformer.load` pipeline.
+"""Batched decoding of lists of strings and of files, for both model kinds, and the `difformer.load` pipeline.
 
 Sources are sorted by length and batched by tokens (candidates included), decoded, then put back in input
-order. An empty input gives an empty output; one output per input, always.
+order. An empty input gives an empty output; one output per input, always. A Difformer's candidates are
+chosen by its own score, by BLEU-MBR, or by an autoregressive reranker (the teacher).
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from difformer.diffusion.sampling import generate_candidates
 from difformer.diffusion.schedule import Schedule
 from difformer.errors import DifformerError
 from difformer.metrics import mbr_select
+from difformer.model.autoregressive import ARTransformer
 from difformer.model.difformer import Difformer
 from difformer.precision import autocast, resolve_precision
+from difformer.search import beam_search, greedy_search, sequence_scores
 
 
 def length_batches(lengths: list[int], candidates: int, max_tokens: int) -> list[list[int]]:
@@ -52,27 +55,49 @@ def source_batches(sources: list[list[int]], cfg: DecodeConfig, eos: int, pad: i
         yield (idx, *pad_batch([sources[i] + [eos] for i in idx], pad))
 
 
-def detokenize(tokenizer: Tokenizer, rows: list[list[int]], lengths: list[int]) -> list[str]:
-    """Texts of argmax token rows, each cut to its length and without the BOS/EOS/pad the model emits in
-    place; one batched decode call."""
+def strip_specials(tokenizer: Tokenizer, rows: list[list[int]], lengths: list[int]) -> list[list[int]]:
+    """Token rows cut to their lengths, without the BOS/EOS/pad a Difformer emits in place."""
     specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id}
-    return tokenizer.decode([[t for t in row[:n] if t not in specials] for row, n in zip(rows, lengths)])
+    return [[t for t in row[:n] if t not in specials] for row, n in zip(rows, lengths)]
+
+
+def detokenize(tokenizer: Tokenizer, rows: list[list[int]], lengths: list[int]) -> list[str]:
+    """Texts of argmax token rows, each cut to its length and without specials; one batched decode call."""
+    return tokenizer.decode(strip_specials(tokenizer, rows, lengths))
 
 
 @torch.no_grad()
-def decode_ids(model: Difformer, schedule: Schedule, tokenizer: Tokenizer, sources: list[list[int]],
-               cfg: DecodeConfig, precision: str = "fp32") -> list[str]:
-    """Decode tokenized sources (no EOS, within max_positions - 1) into detokenized strings, in order."""
+def decode_ids(model: Difformer | ARTransformer, schedule: Schedule | None, tokenizer: Tokenizer,
+               sources: list[list[int]], cfg: DecodeConfig, precision: str = "fp32",
+               reranker: ARTransformer | None = None) -> list[str]:
+    """Decode tokenized sources (no EOS, within max_positions - 1) into detokenized strings, in order.
+
+    `schedule` is the Difformer's (None for an autoregressive model); `reranker` scores the candidates
+    when cfg.selection is "ar" (same tokenizer).
+    """
+    if isinstance(model, ARTransformer):
+        return _search_ids(model, tokenizer, sources, cfg, precision)
+    if cfg.selection == "ar" and reranker is None:
+        raise DifformerError("selection 'ar' needs an autoregressive reranker (generate --reranker DIR, "
+                             "or difformer.load(..., reranker=DIR))")
     device = next(model.parameters()).device
     C = cfg.length_beam * cfg.noise_beam
     outputs = [""] * len(sources)
     for idx, src, mask in source_batches(sources, cfg, tokenizer.eos_id, tokenizer.pad_id):
+        src, mask = src.to(device), mask.to(device)
         with autocast(precision, device):
-            cand = generate_candidates(model, schedule, src.to(device), mask.to(device), cfg)
-        flat = detokenize(tokenizer, cand.tokens.flatten(0, 1).tolist(), cand.lengths.flatten().tolist())
+            cand = generate_candidates(model, schedule, src, mask, cfg)
+        ids = strip_specials(tokenizer, cand.tokens.flatten(0, 1).tolist(), cand.lengths.flatten().tolist())
+        flat = tokenizer.decode(ids)
         texts = [flat[b * C:(b + 1) * C] for b in range(len(idx))]
-        if cfg.selection == "mbr" and C > 1:
+        if C == 1:
+            picks = [0] * len(idx)
+        elif cfg.selection == "mbr":
             picks = mbr_select(texts)
+        elif cfg.selection == "ar":
+            with autocast(precision, device):
+                scores = rerank_scores(reranker, src, mask, ids, tokenizer)
+            picks = scores.view(len(idx), C).argmax(-1).tolist()
         else:
             picks = cand.scores.argmax(-1).tolist()
         for b, i in enumerate(idx):
@@ -80,14 +105,70 @@ def decode_ids(model: Difformer, schedule: Schedule, tokenizer: Tokenizer, sourc
     return outputs
 
 
-class Pipeline:
-    """A loaded model directory: `.generate(list_of_str, **decoding_options)` -> list of str."""
+def rerank_scores(reranker: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor, hyps: list[list[int]],
+                  tokenizer: Tokenizer, max_tokens: int = 8192) -> torch.Tensor:
+    """The reranker's length-normalised log-probability of each of the len(hyps) // B candidates of each
+    source row, in chunks of about `max_tokens` target tokens (its logits are rows x length x vocabulary)."""
+    C = len(hyps) // src.shape[0]
+    limit = reranker.cfg.max_positions
+    src, src_mask = src[:, :limit], src_mask[:, :limit]
+    rows = max(1, max_tokens // (max(map(len, hyps)) + 2))
+    scores = []
+    for start in range(0, len(hyps), rows):
+        part = torch.arange(start, min(start + rows, len(hyps)), device=src.device) // C
+        scores.append(sequence_scores(reranker, src[part], src_mask[part], hyps[start:start + rows],
+                                      tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id))
+    return torch.cat(scores)
 
-    def __init__(self, model: Difformer, config: Config, tokenizer: Tokenizer, precision: str = "auto"):
+
+def _search_ids(model: ARTransformer, tokenizer: Tokenizer, sources: list[list[int]], cfg: DecodeConfig,
+                precision: str) -> list[str]:
+    """Greedy (beam 1) or beam search, batched by source length."""
+    device = next(model.parameters()).device
+    search = greedy_search if cfg.beam == 1 else beam_search
+    banned = (tokenizer.pad_id, tokenizer.bos_id)
+    outputs = [""] * len(sources)
+    todo = [i for i, s in enumerate(sources) if s]
+    for batch in length_batches([len(sources[i]) for i in todo], cfg.beam, cfg.max_tokens):
+        idx = [todo[j] for j in batch]
+        src, mask = pad_batch([sources[i] + [tokenizer.eos_id] for i in idx], tokenizer.pad_id)
+        with autocast(precision, device):
+            hyps = search(model, src.to(device), mask.to(device), cfg, tokenizer.bos_id, tokenizer.eos_id, banned)
+        for i, text in zip(idx, tokenizer.decode(hyps)):
+            outputs[i] = text
+    return outputs
+
+
+class Pipeline:
+    """A loaded model directory of either kind: `.generate(list_of_str, **decoding_options)` -> list of str.
+
+    `reranker`: a loaded autoregressive Pipeline with the same tokenizer, for `selection="ar"`.
+    """
+
+    def __init__(self, model: Difformer | ARTransformer, config: Config, tokenizer: Tokenizer,
+                 precision: str = "auto", reranker: "Pipeline | None" = None):
         self.model, self.config, self.tokenizer = model.eval(), config, tokenizer
-        self.schedule = Schedule(config.diffusion.schedule, config.diffusion.timesteps)
+        self.arch = config.model.arch
+        self.schedule = (Schedule(config.diffusion.schedule, config.diffusion.timesteps)
+                         if self.arch == "difformer" else None)
         self.precision = resolve_precision(precision, next(model.parameters()).device)
         self.truncated: list[int] = []  # indices of the inputs cut to max_positions by the last call
+        self.reranker = None
+        if reranker is not None:
+            self.set_reranker(reranker)
+
+    def set_reranker(self, reranker: "Pipeline") -> None:
+        """Use an autoregressive model's scores for `selection="ar"`; it must share this model's tokenizer."""
+        if self.arch != "difformer":
+            raise DifformerError("a reranker chooses among a Difformer's candidates; this model is "
+                                 "autoregressive (use --beam)")
+        if reranker.arch != "transformer":
+            raise DifformerError(f"{reranker.tokenizer.path.parent}: the reranker must be an autoregressive "
+                                 f"model (model.arch transformer), not {reranker.arch}")
+        if reranker.tokenizer.path.read_bytes() != self.tokenizer.path.read_bytes():
+            raise DifformerError(f"{reranker.tokenizer.path}: the reranker's tokenizer differs from the model's "
+                                 f"({self.tokenizer.path}); both must be trained on the same prepared data")
+        self.reranker = reranker
 
     @property
     def trained_on(self) -> Path | None:
@@ -101,12 +182,26 @@ class Pipeline:
         if unknown:
             raise DifformerError(f"unknown decoding option(s) {', '.join(sorted(unknown))}; "
                                  f"known: {', '.join(sorted(names))}")
+        wrong = set(options) & (AR_OPTIONS if self.arch == "difformer" else DIFFUSION_OPTIONS)
+        if wrong:
+            kind = "a Difformer" if self.arch == "difformer" else "an autoregressive model"
+            raise DifformerError(f"decoding option(s) {', '.join(sorted(wrong))} do not apply to {kind}")
         cfg = dataclasses.replace(self.config.decode, **options)
         cfg.validate()
-        if cfg.steps > self.schedule.timesteps:
+        if self.schedule is not None and cfg.steps > self.schedule.timesteps:
             raise DifformerError(f"steps ({cfg.steps}) exceeds the model's {self.schedule.timesteps} diffusion "
                                  "timesteps")
+        if cfg.selection == "ar" and self.arch == "difformer" and self.reranker is None:
+            raise DifformerError("selection 'ar' needs an autoregressive reranker: generate --reranker DIR "
+                                 "(Python: difformer.load(MODEL, reranker=DIR))")
         return cfg
+
+    def describe(self, cfg: DecodeConfig) -> str:
+        """The decoding report: how outputs were made, the reranker named where one chose them."""
+        text = cfg.describe(self.arch)
+        if self.arch == "difformer" and cfg.selection == "ar":
+            text += f" reranker={self.reranker.tokenizer.path.parent}"
+        return text
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Tokenize inputs, cutting any longer than the model's positions (EOS needs one)."""
@@ -115,9 +210,17 @@ class Pipeline:
         self.truncated = [i for i, s in enumerate(ids) if len(s) > limit]
         return [s[:limit] for s in ids]
 
+    def decode_ids(self, sources: list[list[int]], cfg: DecodeConfig) -> list[str]:
+        reranker = self.reranker.model if self.reranker is not None else None
+        return decode_ids(self.model, self.schedule, self.tokenizer, sources, cfg, self.precision, reranker)
+
     def generate(self, texts: list[str], **options) -> list[str]:
-        cfg = self.decode_config(**options)
-        return decode_ids(self.model, self.schedule, self.tokenizer, self.encode(texts), cfg, self.precision)
+        return self.decode_ids(self.encode(texts), self.decode_config(**options))
+
+
+# decoding options that only one model kind reads; given to the other, they are an error, not ignored
+AR_OPTIONS = {"beam", "lenpen", "max_len_a", "max_len_b"}
+DIFFUSION_OPTIONS = {"steps", "early_stop", "length_beam", "noise_beam", "sampler", "clamp", "selection", "seed"}
 
 
 LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines (and some editors) split on
@@ -130,12 +233,17 @@ def one_line(text: str) -> str:
     return text.translate(_ONE_LINE)
 
 
-def load(path: str | Path, device: str = "cpu", precision: str = "auto") -> Pipeline:
-    """Load a model directory written by `difformer train` (or `save_pretrained`)."""
+def load(path: str | Path, device: str = "cpu", precision: str = "auto",
+         reranker: str | Path | None = None) -> Pipeline:
+    """Load a model directory written by `difformer train` (or `save_pretrained`), of either kind; with
+    `reranker`, an autoregressive model directory that `selection="ar"` scores candidates with."""
     from difformer.hub import from_pretrained
 
     model, config, tokenizer = from_pretrained(path)
-    return Pipeline(model.to(device), config, tokenizer, precision)
+    pipe = Pipeline(model.to(device), config, tokenizer, precision)
+    if reranker is not None:
+        pipe.set_reranker(load(reranker, device, precision))
+    return pipe
 
 
 def read_lines(path: str | None) -> tuple[list[str], list[int]]:

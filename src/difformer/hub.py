@@ -15,9 +15,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from difformer.config import Config
+from difformer.config import Config, ModelConfig
 from difformer.data.tokenizer import Tokenizer
 from difformer.errors import DifformerError
+from difformer.model.autoregressive import ARTransformer
 from difformer.model.difformer import Difformer
 
 CONFIG, WEIGHTS, TOKENIZER, DATASET = "config.json", "model.safetensors", "tokenizer.model", "dataset.json"
@@ -90,7 +91,12 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise DifformerError(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def save_pretrained(model: Difformer, config: Config, tokenizer_path: Path, dataset_json: Path | None,
+def build_model(cfg: ModelConfig) -> Difformer | ARTransformer:
+    """The network that `model.arch` names: the model directory's config says which kind it holds."""
+    return ARTransformer(cfg) if cfg.arch == "transformer" else Difformer(cfg)
+
+
+def save_pretrained(model: torch.nn.Module, config: Config, tokenizer_path: Path, dataset_json: Path | None,
                     directory: Path) -> None:
     """Write a model directory; built beside the target and renamed so it is never half-written."""
     directory = Path(directory)
@@ -121,7 +127,7 @@ def read_config(path: Path) -> Config:
     return Config.from_dict(raw, where=str(path))
 
 
-def from_pretrained(directory: str | Path) -> tuple[Difformer, Config, Tokenizer]:
+def from_pretrained(directory: str | Path) -> tuple[Difformer | ARTransformer, Config, Tokenizer]:
     """Load (model in eval mode, config, tokenizer) from a model directory, checking everything first."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -139,11 +145,31 @@ def from_pretrained(directory: str | Path) -> tuple[Difformer, Config, Tokenizer
         raise DifformerError(f"{directory / CONFIG}: model.vocab_size {config.model.vocab_size} does not match "
                              f"the tokenizer's {tokenizer.vocab_size}")
     with torch.device("meta"):  # shapes only: a hostile config cannot make us allocate before the check
-        expected = Difformer(config.model).state_dict()
+        expected = build_model(config.model).state_dict()
     check_header(directory / WEIGHTS, expected)
-    model = Difformer(config.model)
+    model = build_model(config.model)
     load_state(model, load_weights(directory / WEIGHTS), directory / WEIGHTS)
     return model.eval(), config, tokenizer
+
+
+def init_from(model: torch.nn.Module, directory: str | Path, tokenizer: Path) -> tuple[list[str], list[str]]:
+    """Copy into `model` every tensor of a model directory whose name and shape match; return the names
+    copied and those left as initialised. The directory's tokenizer must be `tokenizer`, byte for byte:
+    an embedding row means a word only in its own vocabulary."""
+    directory = Path(directory)
+    for name in (WEIGHTS, TOKENIZER):
+        if not (directory / name).is_file():
+            raise DifformerError(f"train.init_from: {directory} has no {name}; not a difformer model directory")
+    if (directory / TOKENIZER).read_bytes() != Path(tokenizer).read_bytes():
+        raise DifformerError(f"train.init_from: {directory / TOKENIZER} differs from the data's tokenizer "
+                             f"{tokenizer}; warm starts need the same vocabulary")
+    source = load_weights(directory / WEIGHTS)
+    own = model.state_dict()
+    copied = [k for k, v in own.items() if k in source and source[k].shape == v.shape]
+    with torch.no_grad():
+        for k in copied:
+            own[k].copy_(source[k])
+    return copied, [k for k in own if k not in set(copied)]
 
 
 def check_header(path: Path, expected: dict[str, torch.Tensor]) -> None:

@@ -1,8 +1,10 @@
-"""Mixed precision: bf16 autocast where the hardware runs it fast (CUDA, or a CPU with bf16 instructions), else fp32."""
+"""Mixed precision: bf16 autocast where the hardware runs it fast (CUDA, or a CPU whose bf16 matrix products
+are measured faster than fp32), else fp32."""
 from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from pathlib import Path
 
 import torch
@@ -26,13 +28,35 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+MIN_BF16_SPEEDUP = 1.15  # below this, bf16's rounding is not worth it
+
+
+@functools.cache
+def bf16_speedup() -> float:
+    """fp32 time / bf16 time of a matrix product the size of a small model's (2048 x 256 @ 256 x 1024), best
+    of 5, measured once per process (about 0.1 s). The flags do not settle it: a CPU listing AVX512-BF16
+    ran bf16 1.5x faster on an AMD EPYC and 0.6x as fast on a virtualised Xeon (bench/results/precision*.md)."""
+    def best(dtype: torch.dtype) -> float:
+        a, b = torch.randn(2048, 256, dtype=dtype), torch.randn(256, 1024, dtype=dtype)
+        a @ b  # warm-up: first-call packing and thread start
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(torch.float32) / best(torch.bfloat16)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> "bf16" on CUDA with bf16 support or a CPU with AMX-BF16 or AVX512-BF16, else "fp32"."""
+    """"auto" -> "bf16" on CUDA with bf16 support, or on a CPU with AMX-BF16 or AVX512-BF16 where bf16
+    products measure at least MIN_BF16_SPEEDUP times faster than fp32; else "fp32"."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    return "bf16" if cpu_has_bf16() and bf16_speedup() >= MIN_BF16_SPEEDUP else "fp32"
 
 
 def autocast(precision: str, device: torch.device):

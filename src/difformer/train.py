@@ -1,8 +1,10 @@
-"""Training loop: AdamW with inverse-sqrt warmup, token-count batches, accumulation, validation by BLEU,
-checkpoints (best k + last, see checkpoint.py), exact resume, and averaging of the best k at the end.
+"""Training loop for both model kinds: AdamW with inverse-sqrt warmup, token-count batches, accumulation,
+validation by BLEU, checkpoints (best k + last, see checkpoint.py), exact resume, and averaging of the best
+k at the end. The Difformer trains on difformer_loss, the autoregressive model on label-smoothed CE.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,7 +28,7 @@ from difformer.diffusion.schedule import Schedule
 from difformer.errors import DifformerError
 from difformer.generate import decode_ids
 from difformer.metrics import corpus_bleu
-from difformer.model.difformer import Difformer
+from difformer.model.autoregressive import ar_loss
 from difformer.precision import autocast, resolve_precision
 
 
@@ -87,8 +89,12 @@ class Trainer:
                 check_max_tokens(split_data, cfg, split)
         self.precision = resolve_precision(t.precision, self.device)
         torch.manual_seed(t.seed)
-        self.model = Difformer(cfg.model).to(self.device)
-        self.schedule = Schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+        self.model = hub.build_model(cfg.model).to(self.device)
+        self.schedule = (Schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+                         if cfg.model.arch == "difformer" else None)
+        warm = None
+        if t.init_from and not resume:  # on resume the checkpoint holds the weights
+            warm = hub.init_from(self.model, t.init_from, data / "tokenizer.model")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=tuple(t.betas),
                                            weight_decay=t.weight_decay)
         self.state = State()
@@ -96,6 +102,18 @@ class Trainer:
         self._last_log: dict = {}
         self._tb = None
         self._prepare_save_dir(resume)
+        self._log({"precision": self.precision, "device": str(self.device),
+                   "parameters": sum(p.numel() for p in self.model.parameters())})
+        if warm is not None:
+            self._log({"init_from": t.init_from, "copied": len(warm[0]), "not_copied": warm[1]})
+            print(f"init_from {t.init_from}: copied {len(warm[0])} tensors, left {len(warm[1])} as initialised",
+                  file=sys.stderr)
+
+    def loss(self, src, src_mask, tgt, tgt_mask) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training objective of the model's kind for one batch: (loss, stats)."""
+        if self.schedule is None:
+            return ar_loss(self.model, src, src_mask, tgt, tgt_mask, self.cfg.train.label_smoothing)
+        return difformer_loss(self.model, self.schedule, self.cfg.diffusion, src, src_mask, tgt, tgt_mask)
 
     def _prepare_save_dir(self, resume: bool) -> None:
         last = self.ckpt_dir / "last.json"
@@ -127,7 +145,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Valid losses (fixed seed, so comparable across validations) and BLEU of a fast 1x1 decode."""
+        """Valid losses (fixed seed, so comparable across validations) and BLEU of a fast decode: 1x1 over
+        the full schedule (no early stop) for a Difformer, greedy for an autoregressive model."""
         data, tok, cfg = self.valid_data, self.tokenizer, self.cfg
         self.model.eval()
         totals: dict[str, float] = {}
@@ -137,14 +156,14 @@ class Trainer:
             for idx in batches:
                 batch = [x.to(self.device) for x in collate(data, idx, tok, cfg.model.max_positions)]
                 with autocast(self.precision, self.device):
-                    _, stats = difformer_loss(self.model, self.schedule, cfg.diffusion, *batch)
+                    _, stats = self.loss(*batch)
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v / len(batches)
         n = min(cfg.train.valid_bleu_sentences, len(data))
         limit = cfg.model.max_positions - 1
         sources = [data.src(i)[:limit].tolist() for i in range(n)]
         refs = tok.decode([data.tgt(i).tolist() for i in range(n)])
-        decode_cfg = type(cfg.decode)(**{**cfg.decode.__dict__, "length_beam": 1, "noise_beam": 1})
+        decode_cfg = dataclasses.replace(cfg.decode, length_beam=1, noise_beam=1, early_stop=0, beam=1)
         hyps = decode_ids(self.model, self.schedule, tok, sources, decode_cfg, self.precision)
         totals["bleu"] = corpus_bleu(hyps, refs).score
         self.model.train()
@@ -215,7 +234,7 @@ class Trainer:
             src, src_mask, tgt, tgt_mask = (x.to(self.device) for x in
                                             collate(self.train_data, idx, self.tokenizer, self.cfg.model.max_positions))
             with autocast(self.precision, self.device):
-                loss, s = difformer_loss(self.model, self.schedule, self.cfg.diffusion, src, src_mask, tgt, tgt_mask)
+                loss, s = self.loss(src, src_mask, tgt, tgt_mask)
             (loss / t.update_freq).backward()
             for k, v in s.items():
                 stats[k] = stats.get(k, 0.0) + v / t.update_freq

@@ -1,6 +1,7 @@
 """Transformer blocks on `scaled_dot_product_attention`: encoder and decoder layers, post-LN or pre-LN.
 
-The decoder here is bidirectional (no causal mask): Difformer denoises all target positions at once.
+Difformer's decoder is bidirectional: it denoises all target positions at once. The autoregressive
+teacher's decoder runs the same layers with a causal mask, and step by step with a key/value cache.
 Masks are boolean `(B, S)` key-padding masks, True where a token is real. Dropout sits on the residual
 branches only, as fairseq's defaults (attention and activation dropout 0) that the reference trains with:
 on CPU every dropout mask costs as much as a matmul of these sizes.
@@ -20,13 +21,27 @@ class Attention(nn.Module):
         self.kv = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def keys_values(self, memory: torch.Tensor) -> torch.Tensor:
+        """(B, S, C) -> keys and values stacked (2, B, H, S, C/H): computed once per source for decoding."""
+        B, S, _ = memory.shape
+        return self.kv(memory).view(B, S, 2, self.n_heads, -1).permute(2, 0, 3, 1, 4)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None, key_mask: torch.Tensor | None,
+                causal: bool = False, kv: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+        """Attend from x (B, T, C) to memory (B, S, C), or to precomputed `kv`.
+
+        `cache` (self-attention decoded one step at a time): this step's keys and values are appended to the
+        earlier steps' kept there, so step t attends to positions 0..t as the causal mask does in training.
+        """
         B, T, C = x.shape
-        S = memory.shape[1]
         q = self.q(x).view(B, T, self.n_heads, -1).transpose(1, 2)  # (B, H, T, C/H)
-        k, v = self.kv(memory).view(B, S, 2, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # 2 x (B, H, S, C/H)
-        mask = key_mask[:, None, None, :]  # (B, 1, 1, S), broadcast over heads and queries
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        k, v = self.keys_values(memory) if kv is None else kv  # 2 x (B, H, S, C/H)
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -78,8 +93,12 @@ class DecoderLayer(nn.Module):
         self.sub_cross = Sublayer(d_model, dropout, norm_first)
         self.sub_ffn = Sublayer(d_model, dropout, norm_first)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, memory: torch.Tensor,
-                memory_mask: torch.Tensor) -> torch.Tensor:
-        x = self.sub_self(x, lambda h: self.self_attn(h, h, mask))
-        x = self.sub_cross(x, lambda h: self.cross_attn(h, memory, memory_mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, memory: torch.Tensor | None,
+                memory_mask: torch.Tensor, causal: bool = False, cache: dict | None = None) -> torch.Tensor:
+        """`cache` (step-by-step decoding): {"self": {...}, "cross": keys/values of memory}; memory unused."""
+        self_cache = cross_kv = None
+        if cache is not None:
+            self_cache, cross_kv = cache["self"], cache["cross"]
+        x = self.sub_self(x, lambda h: self.self_attn(h, h, mask, causal=causal, cache=self_cache))
+        x = self.sub_cross(x, lambda h: self.cross_attn(h, memory, memory_mask, kv=cross_kv))
         return self.sub_ffn(x, self.ffn)

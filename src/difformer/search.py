@@ -1,0 +1,112 @@
+"""Autoregressive decoding: batched beam search (beam 1 is greedy) with a key/value cache, and teacher-forced
+sequence scores for reranking a Difformer's candidates.
+
+Beam search follows fairseq's sequence generator: each step takes the 2k best continuations of the k live
+hypotheses; an EOS among the best k finishes a hypothesis (scored by log-prob / length ** lenpen), the best k
+others live on; a sentence is done when it has k finished hypotheses, and done sentences leave the batch.
+At max_len_a * source length + max_len_b tokens EOS is forced.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from difformer.config import DecodeConfig
+from difformer.model.autoregressive import ARTransformer, reorder_cache
+
+
+def max_lengths(src_mask: torch.Tensor, cfg: DecodeConfig, max_positions: int) -> list[int]:
+    """Tokens each output may have, EOS included: max_len_a * source length + max_len_b, within positions
+    (BOS takes one)."""
+    n = src_mask.sum(1).float() * cfg.max_len_a + cfg.max_len_b
+    return n.long().clamp(1, max_positions - 1).tolist()
+
+
+@torch.no_grad()
+def greedy_search(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor, cfg: DecodeConfig,
+                  bos: int, eos: int, banned: tuple[int, ...] = ()) -> list[list[int]]:
+    """The argmax token at every step until EOS (or max length); rows that finished leave the batch."""
+    B, device = src.shape[0], src.device
+    max_len = max_lengths(src_mask, cfg, model.cfg.max_positions)
+    memory = model.encode(src, src_mask)
+    cache = model.new_cache(memory)
+    last = torch.full((B, 1), bos, device=device)
+    alive, out = list(range(B)), [[] for _ in range(B)]
+    for step in range(max(max_len)):
+        logits = model.decode(last, None, src_mask, cache, start=step)[:, -1].float()  # (rows, V)
+        logits[:, list(banned)] = float("-inf")
+        word = logits.argmax(-1).tolist()
+        keep = []
+        for i, (b, w) in enumerate(zip(alive, word)):
+            if w != eos and step + 1 < max_len[b]:
+                out[b].append(w)
+                keep.append(i)
+        if not keep:
+            break
+        if len(keep) < len(alive):
+            rows = torch.tensor(keep, device=device)
+            cache, src_mask = reorder_cache(cache, rows), src_mask[rows]
+        alive = [alive[i] for i in keep]
+        last = torch.tensor([[out[b][-1]] for b in alive], device=device)
+    return out
+
+
+@torch.no_grad()
+def beam_search(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor, cfg: DecodeConfig,
+                bos: int, eos: int, banned: tuple[int, ...] = ()) -> list[list[int]]:
+    """Best hypothesis per source (B, S) -> B token lists (no BOS/EOS). `banned` tokens (pad, BOS) are never
+    emitted."""
+    B, k, device = src.shape[0], cfg.beam, src.device
+    max_len = max_lengths(src_mask, cfg, model.cfg.max_positions)
+    memory = model.encode(src, src_mask).repeat_interleave(k, dim=0)  # (B*k, S, d)
+    cache = model.new_cache(memory)
+    src_mask = src_mask.repeat_interleave(k, dim=0)
+    tokens = torch.full((B * k, 1), bos, device=device)  # (rows, t + 1): BOS and the tokens so far
+    scores = torch.zeros(B, k, device=device)
+    scores[:, 1:] = float("-inf")  # at step 0 all beams are the same: keep one
+    alive = list(range(B))  # the sentences still in the batch, in row order
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    for step in range(max(max_len)):
+        logits = model.decode(tokens[:, -1:], None, src_mask, cache, start=step)[:, -1].float()
+        logp = F.log_softmax(logits, dim=-1)  # (rows, V)
+        logp[:, list(banned)] = float("-inf")
+        at_limit = torch.tensor([max_len[b] == step + 1 for b in alive], device=device).repeat_interleave(k)
+        logp[at_limit] = torch.where(torch.arange(logp.shape[1], device=device) == eos, 0.0, float("-inf"))
+        n, V = len(alive), logp.shape[1]
+        total = (scores[:, :, None] + logp.view(n, k, V)).view(n, k * V)
+        top, idx = total.topk(min(2 * k, k * V), dim=1)  # (n, 2k)
+        beam, word = idx // V, idx % V
+        is_eos = (word == eos) & (top > float("-inf"))
+        for i, j in (is_eos[:, :k]).nonzero().tolist():  # finished among the best k: fairseq's rule
+            b = alive[i]
+            if len(finished[b]) < k:
+                hyp = tokens[i * k + beam[i, j], 1:].tolist()
+                finished[b].append((top[i, j].item() / (step + 1) ** cfg.lenpen, hyp))
+        # the best k continuations that are not EOS live on
+        live = torch.where(is_eos, float("-inf"), top).topk(k, dim=1).indices  # (n, k)
+        scores, beam, word = top.gather(1, live), beam.gather(1, live), word.gather(1, live)
+        keep = [i for i, b in enumerate(alive) if len(finished[b]) < k and step + 1 < max_len[b]]
+        if not keep:
+            break
+        rows = (torch.tensor(keep, device=device)[:, None] * k + beam[keep]).reshape(-1)
+        tokens = torch.cat([tokens[rows], word[keep].reshape(-1, 1)], dim=1)
+        scores, alive = scores[keep], [alive[i] for i in keep]
+        cache, src_mask = reorder_cache(cache, rows), src_mask[rows]
+    return [max(f)[1] if f else [] for f in finished]
+
+
+@torch.no_grad()
+def sequence_scores(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor,
+                    hyps: list[list[int]], bos: int, eos: int, pad: int) -> torch.Tensor:
+    """Length-normalised log-probability of each hypothesis (no BOS/EOS) given its source, by teacher
+    forcing: sum over y EOS of log p / (len(y) + 1). `src` rows pair with `hyps` one to one."""
+    limit = model.cfg.max_positions - 1
+    rows = [[bos] + h[:limit - 1] + [eos] for h in hyps]
+    T = max(map(len, rows))
+    tgt = torch.full((len(rows), T), pad, device=src.device)
+    for i, r in enumerate(rows):
+        tgt[i, :len(r)] = torch.tensor(r)
+    mask = tgt[:, 1:] != pad
+    logp = F.log_softmax(model(src, src_mask, tgt[:, :-1]).float(), dim=-1)
+    token_logp = logp.gather(-1, tgt[:, 1:, None]).squeeze(-1)
+    return (token_logp * mask).sum(1) / mask.sum(1)
