@@ -47,4 +47,4 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-from fixtures_train import tiny_data, trained_model  # noqa: E402,F401  (shared by the training/CLI tests)
+from fixtures_train import tiny_data, trained_ar, trained_model  # noqa: E402,F401  (shared by the training/CLI tests)

@@ -21,8 +21,8 @@ def write_reversal_corpus(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def tiny_config(data: Path, save_dir: Path, **train) -> Config:
-    model = ModelConfig(embed_dim=16, d_model=64, n_heads=4, ffn_dim=128, enc_layers=1, dec_layers=1,
+def tiny_config(data: Path, save_dir: Path, arch: str = "difformer", **train) -> Config:
+    model = ModelConfig(arch=arch, embed_dim=16, d_model=64, n_heads=4, ffn_dim=128, enc_layers=1, dec_layers=1,
                         dropout=0.1, max_positions=32)
     t = TrainConfig(data=str(data), save_dir=str(save_dir), lr=2e-3, warmup_updates=20, max_tokens=600,
                     max_updates=20, validate_every=10, valid_bleu_sentences=20, keep_best=2, log_every=5)
@@ -48,3 +48,12 @@ def trained_model(tiny_data, tmp_path_factory) -> Path:
 
     save = tmp_path_factory.mktemp("run") / "run"
     return train(tiny_config(tiny_data, save, max_updates=150, validate_every=50))
+
+
+@pytest.fixture(scope="session")
+def trained_ar(tiny_data, tmp_path_factory) -> Path:
+    """A tiny autoregressive model (the teacher) trained on the same data for 1,500 updates (about 15 s)."""
+    from difformer.train import train
+
+    save = tmp_path_factory.mktemp("run-ar") / "run"
+    return train(tiny_config(tiny_data, save, arch="transformer", max_updates=1500, validate_every=500))

@@ -139,3 +139,18 @@ def test_early_stop_and_ddim_and_clamp_run():
     one = generate_candidates(model, schedule, src, src != 0, ddim)
     two = generate_candidates(model, schedule, src, src != 0, ddim)
     assert torch.equal(one.tokens, two.tokens)
+
+
+def test_candidates_are_seeded_by_their_own_source_tokens_without_padding(monkeypatch):
+    """Each of a source's l x n candidates is seeded by that source's tokens alone, not by its row in the
+    repeated batch (a bug once seeded the second source of a batch with the first one's padding)."""
+    from difformer.diffusion import sampling
+
+    seen = []
+    real = sampling.candidate_seed
+    monkeypatch.setattr(sampling, "candidate_seed", lambda source, seed, index: seen.append(
+        (tuple(source), index)) or real(source, seed, index))
+    batch = torch.tensor([[4, 5, 6, 9, 10, 3], [7, 8, 3, 0, 0, 0]])
+    generate_candidates(tiny(), Schedule("sqrt", 2000), batch, batch != 0, DecodeConfig(steps=2, length_beam=2,
+                                                                                           noise_beam=2))
+    assert seen == [((4, 5, 6, 9, 10, 3), c) for c in range(4)] + [((7, 8, 3), c) for c in range(4)]

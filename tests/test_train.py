@@ -114,3 +114,28 @@ def test_auto_precision_is_bf16_only_on_cpus_with_bf16_instructions_that_measure
         monkeypatch.setattr(precision, "bf16_speedup", lambda speedup=speedup: speedup)
         assert precision.resolve_precision("auto", cpu) == expected
         assert precision.resolve_precision("fp32", cpu) == "fp32"
+
+
+@pytest.mark.parametrize("metric, chosen", [("bleu", "update_0000002"), ("rouge", "update_0000004"),
+                                            ("loss", "update_0000006")])
+def test_valid_metric_chooses_the_checkpoints(tiny_data, tmp_path, monkeypatch, metric, chosen):
+    """Three validations on which BLEU, ROUGE-L and the loss each prefer another checkpoint."""
+    scripted = iter([{"valid_loss": 3.0, "valid_bleu": 5.0, "valid_rougeL": 1.0},
+                     {"valid_loss": 2.0, "valid_bleu": 1.0, "valid_rougeL": 5.0},
+                     {"valid_loss": 1.0, "valid_bleu": 3.0, "valid_rougeL": 3.0}])
+    monkeypatch.setattr(Trainer, "validate", lambda self: next(scripted))
+    run = tmp_path / metric
+    train(tiny_config(tiny_data, run, max_updates=6, validate_every=2, keep_best=1, valid_metric=metric))
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["final"]["model"] == chosen
+    kept = load_file(run / "checkpoints" / chosen / "model.safetensors")
+    final = load_file(run / "model" / "model.safetensors")
+    assert all(torch.equal(kept[k], final[k]) for k in kept)
+
+
+def test_rouge_validation_logs_rouge_1_2_and_l(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "r", valid_metric="rouge")
+    trainer = Trainer(cfg)
+    stats = trainer.validate()
+    assert {"valid_rouge1", "valid_rouge2", "valid_rougeL", "valid_bleu"} <= set(stats)
+    assert trainer.selection_score(stats) == stats["valid_rougeL"]

@@ -244,6 +244,9 @@ def analyze(model_dir: str | Path, out: str | Path, data_dir: str | Path | None 
     """
     model_dir, out = Path(model_dir), Path(out)
     pipe = load(model_dir, device=device, precision=precision)
+    if pipe.arch != "difformer":
+        raise DifformerError(f"{model_dir}: analyze studies a Difformer's embedding space and denoising; this is "
+                             f"an autoregressive model (model.arch {pipe.arch})")
     data_dir = Path(data_dir) if data_dir else pipe.trained_on
     if logs is None:
         logs = [model_dir.parent / "log.jsonl"] if (model_dir.parent / "log.jsonl").is_file() else []

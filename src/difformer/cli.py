@@ -1,4 +1,4 @@
-"""The `difformer` command: prepare, train, generate, evaluate, analyze, quickstart.
+"""The `difformer` command: prepare, train, distill, generate, evaluate, analyze, quickstart.
 
 Argument names follow fairseq where a fairseq habit exists (--source-lang, --trainpref, --destdir,
 --max-tokens). Every user error is a DifformerError, printed as one line with exit code 2. A training run
@@ -56,12 +56,13 @@ def _run_prepare(args: argparse.Namespace) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a Difformer from a prepared corpus",
+        "train", help="train a Difformer (or the autoregressive teacher) from a prepared corpus",
         description="Train from a YAML config (a file, or a preset name: quickstart, multi30k, iwslt14, "
-        "wmt14) with section.key=value overrides, e.g. `difformer train multi30k train.data=data/m30k "
-        "train.save_dir=runs/m30k train.max_minutes=25`. Checkpoints (safetensors + JSON) go to "
-        "SAVE_DIR/checkpoints; the average of the best checkpoints by validation BLEU becomes the model "
-        "directory SAVE_DIR/model. SIGINT/SIGTERM save a checkpoint; --resume continues exactly.")
+        "wmt14, and the autoregressive multi30k-ar, quickstart-ar) with section.key=value overrides, e.g. "
+        "`difformer train multi30k train.data=data/m30k train.save_dir=runs/m30k train.max_minutes=25`. "
+        "Checkpoints (safetensors + JSON) go to SAVE_DIR/checkpoints; the average of the best checkpoints by "
+        "train.valid_metric (validation BLEU by default) becomes the model directory SAVE_DIR/model. "
+        "SIGINT/SIGTERM save a checkpoint; --resume continues exactly.")
     p.add_argument("config", help="YAML config file or preset name")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.add_argument("--resume", action="store_true", help="continue the run in train.save_dir")
@@ -86,6 +87,44 @@ def _run_train(args: argparse.Namespace) -> int:
         return 128 + signal.Signals[trainer.stop_signal].value
     print(f"model directory: {out}")
     return 0
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "distill", help="replace a prepared corpus's training targets by an autoregressive teacher's outputs",
+        description="Sequence-level knowledge distillation: decode every training source of --data with the "
+        "--teacher (beam search) and write --destdir, a prepared directory with the teacher's outputs as "
+        "training targets; valid and test keep their references, the tokenizer is the same. dataset.json "
+        "records the teacher, the decoding options and the teacher's BLEU against the training references. "
+        "Decoded in chunks kept beside --destdir: run the same command again after a kill to resume.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--teacher", required=True, help="autoregressive model directory (same tokenizer as --data)")
+    p.add_argument("--data", required=True, help="prepared directory (difformer prepare)")
+    p.add_argument("--destdir", required=True, help="output directory (must not exist unless --force)")
+    p.add_argument("--beam", type=int, default=4, help="beam size; 1 is greedy")
+    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty")
+    p.add_argument("--max-len-a", type=float, help="at most a * source length + b tokens (teacher's config)")
+    p.add_argument("--max-len-b", type=int, help="see --max-len-a (teacher's config)")
+    p.add_argument("--max-tokens", type=int, help="decoding batch size in tokens, beams included")
+    p.add_argument("--chunk-size", type=int, default=2000, help="sources per resumable chunk")
+    p.add_argument("--force", action="store_true", help="replace an existing --destdir")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--device", default="cpu", help="torch device")
+    _add_threads(p)
+    p.set_defaults(func=_run_distill)
+
+
+def _run_distill(args: argparse.Namespace) -> None:
+    from difformer.distill import distill
+
+    info = distill(args.teacher, args.data, args.destdir, beam=args.beam, lenpen=args.lenpen,
+                   max_len_a=args.max_len_a, max_len_b=args.max_len_b, max_tokens=args.max_tokens,
+                   chunk_size=args.chunk_size, device=args.device, precision=args.precision, force=args.force)
+    d = info["distilled"]
+    print(f"{args.destdir}: {info['splits']['train']['pairs']:,} training targets from the teacher in "
+          f"{d['seconds']:.0f}s ({d['decoding']}); teacher BLEU against the training references "
+          f"{d['teacher_bleu_vs_references']}; {d['empty_outputs_kept_reference']} empty outputs kept their "
+          "reference")
 
 
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
@@ -268,7 +307,9 @@ def _run_analyze(args: argparse.Namespace) -> None:
     if args.sentences < 1 or args.show < 0:
         raise DifformerError("--sentences must be >= 1 and --show >= 0")
     options = _decoding_options(args)
-    fixed = sorted({"length_beam", "noise_beam", "early_stop", "selection"} & set(options))
+    if args.reranker:
+        options["reranker"] = args.reranker  # refused below with the other options that do not apply
+    fixed = sorted({"length_beam", "noise_beam", "early_stop", "selection", "reranker"} & set(options))
     if fixed:
         raise DifformerError(f"analyze traces one candidate per sentence through every step; "
                              f"{', '.join('--' + f.replace('_', '-') for f in fixed)} do not apply")
@@ -307,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_prepare(sub)
     _add_train(sub)
+    _add_distill(sub)
     _add_generate(sub)
     _add_evaluate(sub)
     _add_analyze(sub)

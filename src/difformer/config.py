@@ -99,8 +99,11 @@ class TrainConfig:
     max_updates: int = 300000
     max_minutes: float = 0.0  # wall-clock budget; 0 means none
     validate_every: int = 1000  # updates between validations and checkpoints
-    valid_bleu_sentences: int = 200  # valid sentences decoded for BLEU at each validation
-    keep_best: int = 5  # checkpoints kept and averaged by validation BLEU
+    valid_bleu_sentences: int = 200  # valid sentences decoded for BLEU (and ROUGE) at each validation
+    # what chooses the best checkpoints and the final model: "bleu" (translation), "rouge" (ROUGE-L F1, for
+    # summaries: BLEU is about 0 on 4-word subjects) or "loss" (the validation loss, lower is better)
+    valid_metric: str = "bleu"
+    keep_best: int = 5  # checkpoints kept and averaged by valid_metric
     log_every: int = 50
     seed: int = 1
     precision: str = "auto"  # "auto", "fp32" or "bf16"
@@ -119,6 +122,7 @@ class TrainConfig:
         _check(self.warmup_updates >= 0 and self.max_minutes >= 0, "train budgets must be >= 0")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas: two values in [0, 1)")
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)")
+        _check(self.valid_metric in ("bleu", "rouge", "loss"), "train.valid_metric must be bleu, rouge or loss")
 
 
 @dataclass

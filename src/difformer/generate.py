@@ -76,7 +76,7 @@ def decode_ids(model: Difformer | ARTransformer, schedule: Schedule | None, toke
     when cfg.selection is "ar" (same tokenizer).
     """
     if isinstance(model, ARTransformer):
-        return _search_ids(model, tokenizer, sources, cfg, precision)
+        return tokenizer.decode(search_tokens(model, tokenizer, sources, cfg, precision))
     if cfg.selection == "ar" and reranker is None:
         raise DifformerError("selection 'ar' needs an autoregressive reranker (generate --reranker DIR, "
                              "or difformer.load(..., reranker=DIR))")
@@ -121,21 +121,21 @@ def rerank_scores(reranker: ARTransformer, src: torch.Tensor, src_mask: torch.Te
     return torch.cat(scores)
 
 
-def _search_ids(model: ARTransformer, tokenizer: Tokenizer, sources: list[list[int]], cfg: DecodeConfig,
-                precision: str) -> list[str]:
-    """Greedy (beam 1) or beam search, batched by source length."""
+def search_tokens(model: ARTransformer, tokenizer: Tokenizer, sources: list[list[int]], cfg: DecodeConfig,
+                  precision: str = "fp32") -> list[list[int]]:
+    """Greedy (beam 1) or beam search output ids (no BOS/EOS) per source, in order, batched by length."""
     device = next(model.parameters()).device
     search = greedy_search if cfg.beam == 1 else beam_search
     banned = (tokenizer.pad_id, tokenizer.bos_id)
-    outputs = [""] * len(sources)
+    outputs: list[list[int]] = [[] for _ in sources]
     todo = [i for i, s in enumerate(sources) if s]
     for batch in length_batches([len(sources[i]) for i in todo], cfg.beam, cfg.max_tokens):
         idx = [todo[j] for j in batch]
         src, mask = pad_batch([sources[i] + [tokenizer.eos_id] for i in idx], tokenizer.pad_id)
         with autocast(precision, device):
             hyps = search(model, src.to(device), mask.to(device), cfg, tokenizer.bos_id, tokenizer.eos_id, banned)
-        for i, text in zip(idx, tokenizer.decode(hyps)):
-            outputs[i] = text
+        for i, hyp in zip(idx, hyps):
+            outputs[i] = hyp
     return outputs
 
 

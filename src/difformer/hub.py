@@ -169,7 +169,7 @@ def init_from(model: torch.nn.Module, directory: str | Path, tokenizer: Path) ->
     with torch.no_grad():
         for k in copied:
             own[k].copy_(source[k])
-    return copied, [k for k in own if k not in set(copied)]
+    return copied, [k for k in own if k not in copied]
 
 
 def check_header(path: Path, expected: dict[str, torch.Tensor]) -> None:

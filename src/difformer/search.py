@@ -3,7 +3,8 @@ sequence scores for reranking a Difformer's candidates.
 
 Beam search follows fairseq's sequence generator: each step takes the 2k best continuations of the k live
 hypotheses; an EOS among the best k finishes a hypothesis (scored by log-prob / length ** lenpen), the best k
-others live on; a sentence is done when it has k finished hypotheses, and done sentences leave the batch.
+others live on; a sentence is done when it has k finished hypotheses and no live one scores better than the
+best of them, and done sentences leave the batch.
 At max_len_a * source length + max_len_b tokens EOS is forced.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from difformer.config import DecodeConfig
+from difformer.data.batching import pad_batch
 from difformer.model.autoregressive import ARTransformer, reorder_cache
 
 
@@ -78,14 +80,13 @@ def beam_search(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor,
         beam, word = idx // V, idx % V
         is_eos = (word == eos) & (top > float("-inf"))
         for i, j in (is_eos[:, :k]).nonzero().tolist():  # finished among the best k: fairseq's rule
-            b = alive[i]
-            if len(finished[b]) < k:
-                hyp = tokens[i * k + beam[i, j], 1:].tolist()
-                finished[b].append((top[i, j].item() / (step + 1) ** cfg.lenpen, hyp))
+            hyp = tokens[i * k + beam[i, j], 1:].tolist()
+            finished[alive[i]].append((top[i, j].item() / (step + 1) ** cfg.lenpen, hyp))
         # the best k continuations that are not EOS live on
         live = torch.where(is_eos, float("-inf"), top).topk(k, dim=1).indices  # (n, k)
         scores, beam, word = top.gather(1, live), beam.gather(1, live), word.gather(1, live)
-        keep = [i for i, b in enumerate(alive) if len(finished[b]) < k and step + 1 < max_len[b]]
+        best_live = (scores.max(1).values / (step + 1) ** cfg.lenpen).tolist()
+        keep = [i for i, b in enumerate(alive) if step + 1 < max_len[b] and not _done(finished[b], best_live[i], k)]
         if not keep:
             break
         rows = (torch.tensor(keep, device=device)[:, None] * k + beam[keep]).reshape(-1)
@@ -95,18 +96,21 @@ def beam_search(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor,
     return [max(f)[1] if f else [] for f in finished]
 
 
+def _done(finished: list[tuple[float, list[int]]], best_live: float, k: int) -> bool:
+    """k hypotheses finished and none alive scores better than the best of them. fairseq stops at k
+    finished alone, which can return a worse output than greedy search when EOS comes early; log-probs
+    only fall as a hypothesis grows, so with lenpen 0 this rule never misses a better one in the beam."""
+    return len(finished) >= k and best_live <= max(finished)[0]
+
+
 @torch.no_grad()
 def sequence_scores(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor,
                     hyps: list[list[int]], bos: int, eos: int, pad: int) -> torch.Tensor:
     """Length-normalised log-probability of each hypothesis (no BOS/EOS) given its source, by teacher
     forcing: sum over y EOS of log p / (len(y) + 1). `src` rows pair with `hyps` one to one."""
     limit = model.cfg.max_positions - 1
-    rows = [[bos] + h[:limit - 1] + [eos] for h in hyps]
-    T = max(map(len, rows))
-    tgt = torch.full((len(rows), T), pad, device=src.device)
-    for i, r in enumerate(rows):
-        tgt[i, :len(r)] = torch.tensor(r)
-    mask = tgt[:, 1:] != pad
+    tgt, mask = pad_batch([[bos] + h[:limit - 1] + [eos] for h in hyps], pad)
+    tgt, mask = tgt.to(src.device), mask[:, 1:].to(src.device)
     logp = F.log_softmax(model(src, src_mask, tgt[:, :-1]).float(), dim=-1)
     token_logp = logp.gather(-1, tgt[:, 1:, None]).squeeze(-1)
     return (token_logp * mask).sum(1) / mask.sum(1)

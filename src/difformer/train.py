@@ -27,7 +27,7 @@ from difformer.diffusion.losses import difformer_loss
 from difformer.diffusion.schedule import Schedule
 from difformer.errors import DifformerError
 from difformer.generate import decode_ids
-from difformer.metrics import corpus_bleu
+from difformer.metrics import corpus_bleu, rouge
 from difformer.model.autoregressive import ar_loss
 from difformer.precision import autocast, resolve_precision
 
@@ -166,15 +166,24 @@ class Trainer:
         decode_cfg = dataclasses.replace(cfg.decode, length_beam=1, noise_beam=1, early_stop=0, beam=1)
         hyps = decode_ids(self.model, self.schedule, tok, sources, decode_cfg, self.precision)
         totals["bleu"] = corpus_bleu(hyps, refs).score
+        if cfg.train.valid_metric == "rouge":
+            totals.update({k: s.score for k, s in rouge(hyps, refs).items()})
         self.model.train()
         return {f"valid_{k}": v for k, v in totals.items()}
+
+    def selection_score(self, stats: dict[str, float]) -> float:
+        """train.valid_metric of a validation, higher is better: what ranks checkpoints."""
+        metric = self.cfg.train.valid_metric
+        if metric == "loss":
+            return -stats["valid_loss"]
+        return stats["valid_rougeL" if metric == "rouge" else "valid_bleu"]
 
     def _validate_and_save(self) -> None:
         name = f"update_{self.state.update:07d}"
         if self.valid_data is not None:
             stats = self.validate()
             self._log(stats)
-            self.state.best.append([stats["valid_bleu"], name])
+            self.state.best.append([self.selection_score(stats), name])
             self.state.best.sort(key=lambda b: -b[0])
             self.state.best = self.state.best[: self.cfg.train.keep_best]
         keep = {n for _, n in self.state.best[: self.cfg.train.keep_best]}
@@ -287,7 +296,7 @@ class Trainer:
         self._tb.flush()
 
     def finish(self) -> Path:
-        """Write save_dir/model: the average of the best k checkpoints by validation BLEU, unless the best
+        """Write save_dir/model: the average of the best k checkpoints by train.valid_metric, unless the best
         single checkpoint validates better (in a short run the early checkpoints drag the average down)."""
         names = [n for _, n in self.state.best[: self.cfg.train.keep_best]]
         if not names:
@@ -298,10 +307,12 @@ class Trainer:
             averaged = {k: torch.stack([s[k].float() for s in states]).mean(0).to(states[0][k].dtype)
                         for k in states[0]}
             self.model.load_state_dict(averaged)
-            bleu = self.validate()["valid_bleu"]
-            chosen = {"model": f"average of {', '.join(names)}", "valid_bleu": bleu}
-            if bleu < self.state.best[0][0]:
-                chosen = {"model": names[0], "valid_bleu": self.state.best[0][0], "average_valid_bleu": bleu}
+            metric = self.cfg.train.valid_metric
+            score, best = self.selection_score(self.validate()), self.state.best[0][0]
+            shown = (lambda x: -x) if metric == "loss" else (lambda x: x)  # the loss as logged, lower is better
+            chosen = {"model": f"average of {', '.join(names)}", f"valid_{metric}": shown(score)}
+            if score < best:
+                chosen = {"model": names[0], f"valid_{metric}": shown(best), f"average_valid_{metric}": shown(score)}
         if not chosen["model"].startswith("average"):
             self.model.load_state_dict(states[0])
         out = self.save_dir / "model"

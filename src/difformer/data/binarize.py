@@ -37,7 +37,7 @@ def _limit(src: tuple[np.ndarray, np.ndarray], tgt: tuple[np.ndarray, np.ndarray
     return out[0], out[1], int(too_long.sum())
 
 
-def _length_stats(lens: np.ndarray) -> dict:
+def length_stats(lens: np.ndarray) -> dict:
     p50, p90, p99 = np.percentile(lens, [50, 90, 99], method="higher").tolist() if len(lens) else (0, 0, 0)
     return {"p50": p50, "p90": p90, "p99": p99, "max": int(lens.max(initial=0))}
 
@@ -66,7 +66,7 @@ def binarize_split(corpus: ParallelCorpus, tokenizer: Tokenizer, destdir: Path, 
         "source_file": str(corpus.src.resolve()), "target_file": str(corpus.tgt.resolve()),
         "lines": corpus.lines,
         "pairs": len(src_lens), "source_tokens": int(src_lens.sum()), "target_tokens": int(tgt_lens.sum()),
-        "source_len": _length_stats(src_lens), "target_len": _length_stats(tgt_lens),
+        "source_len": length_stats(src_lens), "target_len": length_stats(tgt_lens),
         "dropped_empty": corpus.dropped_empty,
         "dropped_long": n_long if long == "drop" else 0, "truncated": n_long if long == "truncate" else 0,
     }

@@ -28,7 +28,7 @@ def prepare(*, source_lang: str, target_lang: str, trainpref: str, validpref: st
     """Check the input, learn (or copy) the tokenizer, binarise every split; return dataset.json's content."""
     dest = Path(destdir)
     _check_options(source_lang, target_lang, vocab_size, model_type, max_len, long)
-    _check_destination(dest, force)
+    check_destination(dest, force)
     prefixes = {"train": trainpref, "valid": validpref, "test": testpref}
     corpora = {split: ParallelCorpus.from_prefix(pref, source_lang, target_lang, lowercase)
                for split, pref in prefixes.items() if pref}  # every file is checked before any work
@@ -92,7 +92,7 @@ def _check_options(source_lang: str, target_lang: str, vocab_size: int, model_ty
         raise DifformerError(f"--long must be drop or truncate, got {long!r}")
 
 
-def _check_destination(dest: Path, force: bool) -> None:
+def check_destination(dest: Path, force: bool) -> None:
     if not dest.exists() and not dest.is_symlink():
         return
     if not force:

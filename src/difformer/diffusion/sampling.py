@@ -1,7 +1,7 @@
 """Few-step decoding: length prediction, candidate expansion (length beam x noise beam), DDPM/DDIM sampling.
 
-All l x n candidates of a batch are decoded as one batch with the encoder output repeated. The network
-is called once per step; the schedule's `step` does the rest. Each candidate draws its noise from its own
+All l x n candidates of a batch are decoded as one batch; the encoder runs and the cross-attention keys
+and values are computed once per source. The network is called once per step; the schedule's `step` does the rest. Each candidate draws its noise from its own
 generator, seeded by its source tokens, the decoding seed and its index, so a sentence's output does not
 depend on the batch it is decoded in, its padding, its place in the input or the device.
 """
@@ -12,7 +12,6 @@ import struct
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from difformer.config import DecodeConfig
 from difformer.diffusion.schedule import Schedule
@@ -51,7 +50,7 @@ def candidate_seed(source: list[int], seed: int, index: int) -> int:
 
 
 @torch.no_grad()
-def denoise_loop(model: Difformer, schedule: Schedule, memory: torch.Tensor, src_mask: torch.Tensor,
+def denoise_loop(model: Difformer, schedule: Schedule, cross_kv: list[torch.Tensor], src_mask: torch.Tensor,
                  tgt_mask: torch.Tensor, cfg: DecodeConfig, noise: CandidateNoise,
                  trace: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Run K reverse steps from z_T ~ N(0, I) (sampling uses F = 1); return the last z0_hat (N, L, e).
@@ -59,13 +58,13 @@ def denoise_loop(model: Difformer, schedule: Schedule, memory: torch.Tensor, src
     With `trace`, each step's z0_hat is appended to it (for the trajectory analysis).
     """
     N, L = tgt_mask.shape
-    z = noise(torch.empty((N, L, model.cfg.embed_dim), device=memory.device))
+    z = noise(torch.empty((N, L, model.cfg.embed_dim), device=src_mask.device))
     p = torch.zeros_like(z)
     ts = schedule.timesteps_for(cfg.steps)
     last = cfg.early_stop or cfg.steps
     for i, t in enumerate(ts[:last]):
         time = schedule.model_time(torch.full((N,), t, device=z.device))
-        z0_hat = model.denoise(z, p, time, tgt_mask, memory, src_mask).float()
+        z0_hat = model.denoise(z, p, time, tgt_mask, None, src_mask, cross_kv).float()
         if cfg.clamp:  # snap to the nearest-by-logit word embedding
             z0_hat = model.embed_target(model.logits(z0_hat).argmax(-1)).float()
         if trace is not None:
@@ -91,15 +90,17 @@ def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor,
     lengths = predict_lengths(length_logits.float(), src_mask.sum(1), l, model.cfg.max_positions,
                               model.cfg.length_offset)  # (B, l)
     lengths = lengths.repeat_interleave(n, dim=1).reshape(-1)  # (B*l*n,)
-    memory = memory.repeat_interleave(l * n, dim=0)
+    noise = CandidateNoise(src, src_mask, lengths, cfg.seed)  # seeded by each source's own tokens
+    # the decoder layers' cross-attention keys/values: once per source, not per candidate and step
+    cross_kv = [kv.repeat_interleave(l * n, dim=1) for kv in model.cross_keys_values(memory)]
     src_mask = src_mask.repeat_interleave(l * n, dim=0)
     L = int(lengths.max())
     tgt_mask = torch.arange(L, device=src.device)[None, :] < lengths[:, None]  # (B*C, L)
 
-    noise = CandidateNoise(src, src_mask, lengths, cfg.seed)
-    z0_hat = denoise_loop(model, schedule, memory, src_mask, tgt_mask, cfg, noise, trace)
-    logp = F.log_softmax(model.logits(z0_hat).float(), dim=-1)  # (B*C, L, V)
-    best, tokens = logp.max(-1)
+    z0_hat = denoise_loop(model, schedule, cross_kv, src_mask, tgt_mask, cfg, noise, trace)
+    logits = model.logits(z0_hat).float()  # (B*C, L, V)
+    top, tokens = logits.max(-1)
+    best = top - logits.logsumexp(-1)  # the argmax token's log-probability, without a (B*C, L, V) log-softmax
     scores = (best * tgt_mask).sum(1) / lengths
     C = l * n
     return Candidates(tokens.view(B, C, L), lengths.view(B, C), scores.view(B, C))

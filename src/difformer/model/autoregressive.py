@@ -56,7 +56,10 @@ class ARTransformer(nn.Module):
         h = self.dropout(self.embed(prev) * self.embed_scale + self.dec_pos(pos))  # (B, T, d)
         causal = cache is None and prev.shape[1] > 1
         for i, layer in enumerate(self.decoder):
-            h = layer(h, None, memory, src_mask, causal=causal, cache=None if cache is None else cache[i])
+            if cache is None:
+                h = layer(h, None, memory, src_mask, causal=causal)
+            else:
+                h = layer(h, None, None, src_mask, self_cache=cache[i]["self"], cross_kv=cache[i]["cross"])
         return self.dec_norm(h) @ self.embed.weight.t()
 
     def new_cache(self, memory: torch.Tensor) -> list[dict]:

@@ -76,16 +76,23 @@ class Difformer(nn.Module):
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)  # masked mean, (B, d)
         return h, self.length_head(pooled)
 
+    def cross_keys_values(self, memory: torch.Tensor) -> list[torch.Tensor]:
+        """Every decoder layer's cross-attention keys/values of the encoder states: in sampling they are the
+        same at every step, so they are computed once per source."""
+        return [layer.cross_attn.keys_values(memory) for layer in self.decoder]
+
     def denoise(self, z_t: torch.Tensor, p: torch.Tensor, t: torch.Tensor, tgt_mask: torch.Tensor,
-                memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
-        """Predict z0 (B, T, e) from z_t and p (B, T, e) at model time t (B,)."""
+                memory: torch.Tensor | None, src_mask: torch.Tensor,
+                cross_kv: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Predict z0 (B, T, e) from z_t and p (B, T, e) at model time t (B,); `cross_kv` (from
+        `cross_keys_values`) stands in for memory."""
         d = self.cfg.d_model
         pos = torch.arange(z_t.shape[1], device=z_t.device)
         h = self.in_mlp(torch.cat([self.proj_in(z_t), self.proj_in(p)], dim=-1))  # (B, T, d)
         h = h + self.time_mlp(timestep_features(t, d))[:, None, :] + self.dec_pos(pos)
         h = self.dropout(self.input_norm(h))
-        for layer in self.decoder:
-            h = layer(h, tgt_mask, memory, src_mask)
+        for i, layer in enumerate(self.decoder):
+            h = layer(h, tgt_mask, memory, src_mask, cross_kv=None if cross_kv is None else cross_kv[i])
         return self.proj_out(self.dec_norm(h))
 
     def num_parameters(self) -> int:

@@ -94,11 +94,10 @@ class DecoderLayer(nn.Module):
         self.sub_ffn = Sublayer(d_model, dropout, norm_first)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, memory: torch.Tensor | None,
-                memory_mask: torch.Tensor, causal: bool = False, cache: dict | None = None) -> torch.Tensor:
-        """`cache` (step-by-step decoding): {"self": {...}, "cross": keys/values of memory}; memory unused."""
-        self_cache = cross_kv = None
-        if cache is not None:
-            self_cache, cross_kv = cache["self"], cache["cross"]
+                memory_mask: torch.Tensor, causal: bool = False, self_cache: dict | None = None,
+                cross_kv: torch.Tensor | None = None) -> torch.Tensor:
+        """`cross_kv`: this layer's keys/values of memory, computed once per source for decoding (memory is
+        then unused); `self_cache`: step-by-step autoregressive decoding (see Attention)."""
         x = self.sub_self(x, lambda h: self.self_attn(h, h, mask, causal=causal, cache=self_cache))
         x = self.sub_cross(x, lambda h: self.cross_attn(h, memory, memory_mask, kv=cross_kv))
         return self.sub_ffn(x, self.ffn)

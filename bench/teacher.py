@@ -1,0 +1,168 @@
+"""The autoregressive teacher beside the Difformer, on one machine in one run: Multi30k De->En, test2016.
+
+    python bench/teacher.py                  # AR 25 min, distillation, Difformer distilled and raw, 25 min each
+    python bench/teacher.py --long 120       # then the Difformer on distilled targets for 120 minutes
+
+Stages, in order, each recorded in results/teacher.json when done and skipped next time (a killed training
+continues from its checkpoint; a killed distillation from its last chunk):
+  ar-25min                   the `multi30k-ar` preset; test decoded greedy and with beam 4
+  distill                    the training sources decoded by that model (beam 4): targets for the students
+  difformer-distilled-25min  the `multi30k` preset on the distilled targets
+  difformer-raw-25min        the `multi30k` preset on the original targets
+Each Difformer is decoded 1x1, 7x3 chosen by its own score, and 7x3 reranked by the teacher. One heavy job
+at a time: run nothing beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import command, commit, load_results, machine, save_results, timed  # noqa: E402
+from multi30k import prepared, train_run, training_record  # noqa: E402
+
+from difformer.config import load_config  # noqa: E402
+from difformer.distill import distill  # noqa: E402
+from difformer.generate import load  # noqa: E402
+from difformer.metrics import corpus_bleu  # noqa: E402
+
+HERE = Path(__file__).parent
+NAME = "teacher"
+AR = {"greedy": {"beam": 1}, "beam 4": {"beam": 4}}
+DIFFUSION = {"1x1": {"length_beam": 1, "noise_beam": 1},
+             "7x3 own score": {"length_beam": 7, "noise_beam": 3, "selection": "score"},
+             "7x3 teacher rerank": {"length_beam": 7, "noise_beam": 3, "selection": "ar"}}
+
+
+def decode_rows(model_dir: Path, data: Path, settings: dict[str, dict], reranker: Path | None = None) -> list[dict]:
+    """Decode test2016 with each setting: sacreBLEU, sentences/s, NFE and the decoding report."""
+    pipe = load(model_dir, reranker=reranker)
+    sources = (data / "test.de").read_text(encoding="utf-8").splitlines()
+    refs = (data / "test.en").read_text(encoding="utf-8").splitlines()
+    rows = []
+    for name, options in settings.items():
+        cfg = pipe.decode_config(**options)
+        with timed() as t:
+            hyps = pipe.generate(sources, **options)
+        bleu = corpus_bleu(hyps, refs)
+        nfe = cfg.nfe if pipe.arch == "difformer" else None
+        rows.append({"decoding": name, "setting": pipe.describe(cfg), "nfe": nfe, "sacrebleu": round(bleu.score, 2),
+                     "signature": bleu.signature, "precision": pipe.precision, "decode_seconds": round(t["wall"], 1),
+                     "sentences_per_second": round(len(sources) / t["wall"], 1)})
+        print(f"  {name}: BLEU {bleu.score:.2f}, {len(sources) / t['wall']:.1f} sentences/s", flush=True)
+    return rows
+
+
+def train_stage(results: dict, tag: str, preset: str, data: Path, work: Path, minutes: float, test: Path,
+                settings: dict, reranker: Path | None = None) -> None:
+    run = work / "runs" / tag
+    cfg = load_config(preset, [f"train.data={data}", f"train.save_dir={run}", f"train.max_minutes={minutes}"])
+    started = run / "commit.txt"  # the code a run was started with, kept across resumes of this script
+    if not started.exists():
+        run.mkdir(parents=True, exist_ok=True)
+        started.write_text(commit())
+    train_time = train_run(cfg, run, tag)
+    code = started.read_text().strip()
+    record = {**training_record(run, train_time, code), "preset": preset, "data": str(data),
+              "results": decode_rows(run / "model", test, settings, reranker)}
+    results["runs"][tag] = record
+    save(results)
+
+
+def distill_stage(results: dict, teacher: Path, data: Path, dest: Path) -> None:
+    with timed() as t:
+        info = distill(teacher, data, dest, beam=4, force=dest.exists())
+    d = info["distilled"]
+    results["runs"]["distill"] = {
+        "teacher": str(teacher), "decoding": d["decoding"], "precision": d["precision"],
+        "distill_minutes": round(d["seconds"] / 60, 1), "process_cpu_minutes": round(t["cpu"] / 60, 1),
+        "pairs": info["splits"]["train"]["pairs"], "teacher_bleu_vs_train_references": d["teacher_bleu_vs_references"],
+        "empty_outputs_kept_reference": d["empty_outputs_kept_reference"],
+        "machine": machine(), "commit": commit(), "command": command()}
+    save(results)
+
+
+def save(results: dict) -> None:
+    save_results(NAME, results, markdown(results))
+
+
+def markdown(results: dict) -> str:
+    runs = results.get("runs", {})
+    teacher = runs.get("ar-25min", {}).get("train_minutes", 0)
+    dist = runs.get("distill", {}).get("distill_minutes", 0)
+    lines = ["# The autoregressive teacher and the Difformer, side by side (Multi30k De->En, test2016)", "",
+             "| system | training data | student min | min incl. teacher + distillation | updates | decoding "
+             "| NFE | sacreBLEU | sent/s |", "|---|---|---|---|---|---|---|---|---|"]
+    for tag, r in runs.items():
+        if tag == "distill":
+            continue
+        distilled = "distilled" in tag
+        total = round(r["train_minutes"] + teacher + dist, 1) if distilled else r["train_minutes"]
+        for row in r["results"]:
+            lines.append(f"| {tag} | {'teacher beam 4' if distilled else 'original'} | {r['train_minutes']} | "
+                         f"{total} | {r['updates']} | {row['decoding']} | {row['nfe'] or '-'} | "
+                         f"{row['sacrebleu']} | {row['sentences_per_second']} |")
+    if "distill" in runs:
+        d = runs["distill"]
+        lines += ["", f"Distillation: {d['pairs']:,} training sources decoded by the teacher ({d['decoding']}) in "
+                  f"{d['distill_minutes']} minutes; teacher BLEU against the training references "
+                  f"{d['teacher_bleu_vs_train_references']}."]
+    lines += ["", "NFE: network evaluations per sentence (steps x candidates); an autoregressive decoder runs "
+              "once per output token. Rerank: the teacher's length-normalised log-probability of each of the 21 "
+              "candidates (one teacher-forced pass each, counted in sent/s)."]
+    for tag, r in runs.items():
+        first = r.get("results", [{}])[0]
+        lines.append(f"- `{tag}`: `{r['command']}`, commit {r['commit']}" +
+                     (f", {first['precision']}" if first else ""))
+    any_run = next(iter(runs.values()), None)
+    if any_run:
+        lines += ["", f"Machine: {any_run['machine']}"]
+        sig = next((r["results"][0]["signature"] for r in runs.values() if r.get("results")), None)
+        if sig:
+            lines.append(f"sacreBLEU signature: `{sig}`")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "multi30k")
+    p.add_argument("--work", type=Path, default=HERE / "work")
+    p.add_argument("--minutes", type=float, default=25.0, help="training budget of every system")
+    p.add_argument("--long", type=float, help="then train the distilled student this many minutes")
+    p.add_argument("--report", action="store_true", help="rewrite the Markdown from the JSON only")
+    args = p.parse_args()
+    results = load_results(NAME)
+    results.setdefault("runs", {})
+    if args.report:
+        save(results)
+        return
+    data = prepared(args.data, args.work)
+    work = args.work / NAME
+    m = f"{args.minutes:g}min"
+    teacher_tag = f"ar-{m}"
+    teacher = work / "runs" / teacher_tag / "model"
+    stages = [(teacher_tag, lambda: train_stage(results, teacher_tag, "multi30k-ar", data, work, args.minutes,
+                                                args.data, AR)),
+              ("distill", lambda: distill_stage(results, teacher, data, work / "multi30k-distilled")),
+              (f"difformer-distilled-{m}", lambda: train_stage(
+                  results, f"difformer-distilled-{m}", "multi30k", work / "multi30k-distilled", work,
+                  args.minutes, args.data, DIFFUSION, teacher)),
+              (f"difformer-raw-{m}", lambda: train_stage(results, f"difformer-raw-{m}", "multi30k", data, work,
+                                                         args.minutes, args.data, DIFFUSION, teacher))]
+    if args.long:
+        tag = f"difformer-distilled-{args.long:g}min"
+        stages.append((tag, lambda: train_stage(results, tag, "multi30k", work / "multi30k-distilled", work,
+                                                args.long, args.data, DIFFUSION, teacher)))
+    for tag, run in stages:
+        if tag in results["runs"]:
+            print(f"{tag}: recorded in results/{NAME}.json; skipped")
+            continue
+        print(f"{tag}: running", flush=True)
+        run()
+    print(json.dumps({t: [r["sacrebleu"] for r in v.get("results", [])] for t, v in results["runs"].items()}))
+
+
+if __name__ == "__main__":
+    main()

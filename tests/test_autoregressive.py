@@ -1,0 +1,198 @@
+"""The autoregressive teacher: it learns, its cached search equals plain recomputation, beam 1 is greedy,
+and it reranks, distils and warm-starts only with the same tokenizer."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from difformer import DifformerError, hub
+from difformer.config import DecodeConfig, ModelConfig
+from difformer.data.batching import pad_batch
+from difformer.data.binarize import PairDataset
+from difformer.data.prepare import prepare
+from difformer.diffusion.sampling import generate_candidates
+from difformer.generate import load, strip_specials
+from difformer.metrics import corpus_bleu
+from difformer.model.autoregressive import ARTransformer
+from difformer.model.difformer import Difformer
+from difformer.search import beam_search, greedy_search, sequence_scores
+from difformer.train import Trainer, train
+from fixtures_train import tiny_config, write_reversal_corpus
+
+
+def split_sources(data, pipe, n=60):
+    test = PairDataset(data, "test")
+    n = min(n, len(test))
+    sources = [test.src(i).tolist() for i in range(n)]
+    refs = pipe.tokenizer.decode([test.tgt(i).tolist() for i in range(n)])
+    return sources, refs
+
+
+def batch(pipe, sources):
+    tok = pipe.tokenizer
+    return pad_batch([s + [tok.eos_id] for s in sources], tok.pad_id)
+
+
+def test_autoregressive_model_learns_the_toy_task(trained_ar, tiny_data):
+    pipe = load(trained_ar, precision="fp32")
+    assert pipe.arch == "transformer" and pipe.schedule is None
+    sources, refs = split_sources(tiny_data, pipe)
+    for beam in (1, 4):
+        hyps = pipe.decode_ids(sources, pipe.decode_config(beam=beam))
+        assert corpus_bleu(hyps, refs).score >= 90, (beam, hyps[:3], refs[:3])
+
+
+def greedy_without_cache(model, src, mask, steps, bos, eos, banned):
+    """The reference: the whole prefix through the causal decoder at every step."""
+    out = torch.full((src.shape[0], 1), bos)
+    for _ in range(steps):
+        logits = model(src, mask, out)[:, -1].float()
+        logits[:, list(banned)] = float("-inf")
+        out = torch.cat([out, logits.argmax(-1, keepdim=True)], dim=1)
+    rows = []
+    for row in out[:, 1:].tolist():
+        rows.append(row[:row.index(eos)] if eos in row else row)
+    return rows
+
+
+@pytest.mark.parametrize("trained", [True, False])
+def test_cached_decoding_equals_uncached_token_for_token(trained_ar, tiny_data, trained):
+    pipe = load(trained_ar, precision="fp32")
+    model = pipe.model
+    if not trained:  # long random outputs exercise the cache over many steps
+        torch.manual_seed(0)
+        model = ARTransformer(pipe.config.model).eval()
+    sources, _ = split_sources(tiny_data, pipe, 20)
+    src, mask = batch(pipe, sources)
+    tok = pipe.tokenizer
+    cfg = DecodeConfig(beam=1, max_len_a=0, max_len_b=12)
+    cached = greedy_search(model, src, mask, cfg, tok.bos_id, tok.eos_id, (tok.pad_id, tok.bos_id))
+    plain = greedy_without_cache(model, src, mask, 11, tok.bos_id, tok.eos_id, (tok.pad_id, tok.bos_id))
+    assert cached == [row[:11] for row in plain]
+    assert any(len(row) > 3 for row in cached)
+
+
+def test_beam_1_equals_greedy_and_a_wider_beam_scores_no_worse(trained_ar, tiny_data):
+    pipe = load(trained_ar, precision="fp32")
+    tok, model = pipe.tokenizer, pipe.model
+    sources, _ = split_sources(tiny_data, pipe)
+    src, mask = batch(pipe, sources)
+    banned = (tok.pad_id, tok.bos_id)
+    greedy = greedy_search(model, src, mask, DecodeConfig(beam=1), tok.bos_id, tok.eos_id, banned)
+    beam1 = beam_search(model, src, mask, DecodeConfig(beam=1), tok.bos_id, tok.eos_id, banned)
+    assert beam1 == greedy
+    beam4 = beam_search(model, src, mask, DecodeConfig(beam=4, lenpen=0.0), tok.bos_id, tok.eos_id, banned)
+    total = lambda hyps: sequence_scores(model, src, mask, hyps, tok.bos_id, tok.eos_id, tok.pad_id) * torch.tensor(  # noqa: E731
+        [len(h) + 1 for h in hyps])
+    assert (total(beam4) >= total(greedy) - 1e-4).all()  # lenpen 0: beam search maximises the sum of log-probs
+
+
+def test_rerank_picks_the_candidate_the_teacher_scores_highest(trained_model, trained_ar, tiny_data):
+    pipe = load(trained_model, precision="fp32", reranker=trained_ar)
+    tok = pipe.tokenizer
+    sources, _ = split_sources(tiny_data, pipe, 40)
+    cfg = pipe.decode_config(length_beam=3, noise_beam=3, selection="ar")
+    src, mask = batch(pipe, sources)
+    cand = generate_candidates(pipe.model, pipe.schedule, src, mask, cfg)
+    C = 9
+    ids = strip_specials(tok, cand.tokens.flatten(0, 1).tolist(), cand.lengths.flatten().tolist())
+    teacher = sequence_scores(pipe.reranker.model, src.repeat_interleave(C, 0), mask.repeat_interleave(C, 0), ids,
+                              tok.bos_id, tok.eos_id, tok.pad_id).view(-1, C)
+    texts = tok.decode(ids)
+    expected = [texts[b * C + int(teacher[b].argmax())] for b in range(len(sources))]
+    assert pipe.decode_ids(sources, cfg) == expected
+    own = cand.scores.argmax(-1)
+    assert (own != teacher.argmax(-1)).any(), "own score and teacher agree everywhere: the test shows nothing"
+    assert "reranker=" in pipe.describe(cfg)
+
+
+def test_init_from_copies_exactly_the_matching_tensors(trained_ar, tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "warm", init_from=str(trained_ar))
+    cfg.model.vocab_size = load(trained_ar).tokenizer.vocab_size
+    torch.manual_seed(cfg.train.seed)
+    fresh = Difformer(cfg.model).state_dict()  # what the trainer builds before copying
+    trainer = Trainer(cfg)
+    teacher = load_file(trained_ar / "model.safetensors")
+    copied = {k for k, v in fresh.items() if k in teacher and teacher[k].shape == v.shape}
+    assert {k for k in copied if k.startswith("encoder.")} and "embed.weight" not in copied  # e 16 vs d 64
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, teacher[k] if k in copied else fresh[k]), k
+    record = [json.loads(line) for line in (tmp_path / "warm" / "log.jsonl").read_text().splitlines()]
+    warm = next(r for r in record if "init_from" in r)
+    assert warm["copied"] == len(copied) and set(warm["not_copied"]) == set(fresh) - copied
+
+
+@pytest.fixture(scope="module")
+def other_teacher(tmp_path_factory):
+    """An (untrained) autoregressive model directory whose tokenizer differs from tiny_data's."""
+    root = tmp_path_factory.mktemp("other")
+    corpus = write_reversal_corpus(root / "corpus", seed=1)
+    data = root / "data"
+    prepare(source_lang="src", target_lang="tgt", trainpref=str(corpus / "train"), destdir=str(data), vocab_size=290)
+    from difformer.config import Config
+    from difformer.data.tokenizer import Tokenizer
+
+    tok = Tokenizer(data / "tokenizer.model")
+    cfg = Config(model=ModelConfig(arch="transformer", vocab_size=tok.vocab_size, d_model=32, n_heads=2, ffn_dim=64,
+                                   enc_layers=1, dec_layers=1, max_positions=32)).validate()
+    hub.save_pretrained(ARTransformer(cfg.model), cfg, data / "tokenizer.model", None, root / "model")
+    return root / "model"
+
+
+def test_a_teacher_with_another_tokenizer_is_refused(trained_model, tiny_data, other_teacher, tmp_path):
+    from difformer.distill import distill
+
+    with pytest.raises(DifformerError, match="tokenizer differs"):
+        distill(other_teacher, tiny_data, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+    with pytest.raises(DifformerError, match="tokenizer differs"):
+        load(trained_model, reranker=other_teacher)
+    with pytest.raises(DifformerError, match="differs from the data's tokenizer"):
+        Trainer(tiny_config(tiny_data, tmp_path / "warm", init_from=str(other_teacher)))
+    assert not (tmp_path / "warm").exists()
+
+
+def test_decoding_options_of_the_other_kind_are_errors(trained_model, trained_ar):
+    with pytest.raises(DifformerError, match="beam do not apply to a Difformer"):
+        load(trained_model).generate(["red"], beam=2)
+    with pytest.raises(DifformerError, match="steps do not apply to an autoregressive model"):
+        load(trained_ar).generate(["red"], steps=2)
+    with pytest.raises(DifformerError, match="needs an autoregressive reranker"):
+        load(trained_model).generate(["red"], selection="ar", length_beam=2)
+    with pytest.raises(DifformerError, match="must be an autoregressive model"):
+        load(trained_model, reranker=trained_model)
+
+
+def test_autoregressive_training_resumes_exactly(tiny_data, tmp_path):
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    train(tiny_config(tiny_data, straight, arch="transformer", max_updates=20))
+    train(tiny_config(tiny_data, halves, arch="transformer", max_updates=10))
+    train(tiny_config(tiny_data, halves, arch="transformer", max_updates=20), resume=True)
+    for name in ("model.safetensors", "trainer.safetensors"):
+        a = load_file(straight / "checkpoints" / "update_0000020" / name)
+        b = load_file(halves / "checkpoints" / "update_0000020" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_command_line_decodes_both_kinds_and_reranks(trained_model, trained_ar, tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "in.txt"
+    src.write_text("red green blue\n\ncat dog\n")
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "difformer.cli", *args], capture_output=True, text=True)
+        return r.returncode, r.stdout, r.stderr
+
+    rc, out, err = cli("generate", "--model", str(trained_ar), "-i", str(src), "--beam", "2")
+    assert rc == 0 and len(out.splitlines()) == 3 and out.splitlines()[1] == "", (out, err)
+    assert "autoregressive beam=2" in err
+    rc, out, err = cli("generate", "--model", str(trained_model), "-i", str(src), "--selection", "ar",
+                       "--reranker", str(trained_ar), "--length-beam", "3", "--noise-beam", "2")
+    assert rc == 0 and len(out.splitlines()) == 3 and "selection=ar" in err and "reranker=" in err, err
+    rc, out, err = cli("generate", "--model", str(trained_ar), "-i", str(src), "--steps", "3")
+    assert rc == 2 and "do not apply to an autoregressive model" in err and err.count("\n") == 1
+    rc, out, err = cli("evaluate", "--model", str(trained_ar), "--split", "test", "--beam", "1")
+    assert rc == 0 and out.startswith("BLEU = ") and "autoregressive greedy" in err
