@@ -2,6 +2,7 @@
 
     python bench/teacher.py                  # AR 25 min, distillation, Difformer distilled and raw, 25 min each
     python bench/teacher.py --long 120       # then the Difformer on distilled targets for 120 minutes
+    python bench/teacher.py --decode-again ar-25min   # decode a recorded model again after a decoding change
 
 Stages, in order, each recorded in results/teacher.json when done and skipped next time (a killed training
 continues from its checkpoint; a killed distillation from its last chunk):
@@ -50,7 +51,7 @@ def decode_rows(model_dir: Path, data: Path, settings: dict[str, dict], reranker
         nfe = cfg.nfe if pipe.arch == "difformer" else None
         rows.append({"decoding": name, "setting": pipe.describe(cfg), "nfe": nfe, "sacrebleu": round(bleu.score, 2),
                      "signature": bleu.signature, "precision": pipe.precision, "decode_seconds": round(t["wall"], 1),
-                     "sentences_per_second": round(len(sources) / t["wall"], 1)})
+                     "sentences_per_second": round(len(sources) / t["wall"], 1), "decode_commit": commit()})
         print(f"  {name}: BLEU {bleu.score:.2f}, {len(sources) / t['wall']:.1f} sentences/s", flush=True)
     return rows
 
@@ -115,6 +116,7 @@ def markdown(results: dict) -> str:
     for tag, r in runs.items():
         first = r.get("results", [{}])[0]
         lines.append(f"- `{tag}`: `{r['command']}`, commit {r['commit']}" +
+                     (f", decoded at {first['decode_commit']}" if first.get("decode_commit") else "") +
                      (f", {first['precision']}" if first else ""))
     any_run = next(iter(runs.values()), None)
     if any_run:
@@ -132,11 +134,22 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=25.0, help="training budget of every system")
     p.add_argument("--long", type=float, help="then train the distilled student this many minutes")
     p.add_argument("--report", action="store_true", help="rewrite the Markdown from the JSON only")
+    p.add_argument("--decode-again", metavar="TAG", action="append", default=[],
+                   help="decode a recorded run's model again with the code as it is now (after a decoding "
+                   "change), keeping its training record")
     args = p.parse_args()
     results = load_results(NAME)
     results.setdefault("runs", {})
     if args.report:
         save(results)
+        return
+    for tag in args.decode_again:
+        run, teacher_dir = args.work / NAME / "runs" / tag, args.work / NAME / "runs" / "ar-25min" / "model"
+        settings = AR if tag.startswith("ar-") else DIFFUSION
+        results["runs"][tag]["results"] = decode_rows(run / "model", args.data, settings,
+                                                      None if tag.startswith("ar-") else teacher_dir)
+        save(results)
+    if args.decode_again:
         return
     data = prepared(args.data, args.work)
     work = args.work / NAME

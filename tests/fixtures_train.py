@@ -52,8 +52,8 @@ def trained_model(tiny_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_ar(tiny_data, tmp_path_factory) -> Path:
-    """A tiny autoregressive model (the teacher) trained on the same data for 1,500 updates (about 15 s)."""
+    """A tiny autoregressive model (the teacher) trained on the same data for 600 updates (a few seconds)."""
     from difformer.train import train
 
     save = tmp_path_factory.mktemp("run-ar") / "run"
-    return train(tiny_config(tiny_data, save, arch="transformer", max_updates=1500, validate_every=500))
+    return train(tiny_config(tiny_data, save, arch="transformer", max_updates=600, validate_every=200))

@@ -34,13 +34,17 @@ def batch(pipe, sources):
     return pad_batch([s + [tok.eos_id] for s in sources], tok.pad_id)
 
 
-def test_autoregressive_model_learns_the_toy_task(trained_ar, tiny_data):
+def test_autoregressive_training_learns_and_loads_by_architecture(trained_ar, tiny_data):
+    """Through `difformer train`: losses fall, validation BLEU rises, and the model directory loads as the
+    autoregressive kind (learning to high accuracy: test_learning.py)."""
+    log = [json.loads(line) for line in (trained_ar.parent / "log.jsonl").read_text().splitlines()]
+    assert log[0]["precision"] in ("fp32", "bf16")
+    valid = [r for r in log if "valid_bleu" in r]
+    assert valid[-1]["valid_nll"] < 0.75 * valid[0]["valid_nll"] and valid[-1]["valid_bleu"] > valid[0]["valid_bleu"]
     pipe = load(trained_ar, precision="fp32")
-    assert pipe.arch == "transformer" and pipe.schedule is None
+    assert pipe.arch == "transformer" and pipe.schedule is None and isinstance(pipe.model, ARTransformer)
     sources, refs = split_sources(tiny_data, pipe)
-    for beam in (1, 4):
-        hyps = pipe.decode_ids(sources, pipe.decode_config(beam=beam))
-        assert corpus_bleu(hyps, refs).score >= 90, (beam, hyps[:3], refs[:3])
+    assert corpus_bleu(pipe.decode_ids(sources, pipe.decode_config(beam=4)), refs).score > 20
 
 
 def greedy_without_cache(model, src, mask, steps, bos, eos, banned):

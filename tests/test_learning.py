@@ -74,3 +74,35 @@ def test_absolute_lengths_are_learnt_where_the_output_length_does_not_follow_the
     src, src_mask, _, _ = batch(200, torch.Generator().manual_seed(99))
     lengths = generate_candidates(model.eval(), schedule, src, src_mask, DecodeConfig(steps=2)).lengths[:, 0]
     assert src_mask.sum(1).unique().numel() > 5 and (lengths == 4).float().mean() >= 0.95
+
+
+def test_tiny_autoregressive_model_learns_reversal():
+    """The teacher learns the same reversal task: >= 95% of 200 unseen sequences decoded exactly, greedy and
+    with beam 4, through the real cached search."""
+    from difformer.model.autoregressive import ARTransformer, ar_loss
+    from difformer.search import beam_search, greedy_search
+
+    torch.manual_seed(0)
+    model = ARTransformer(ModelConfig(arch="transformer", vocab_size=V, d_model=64, n_heads=4, ffn_dim=256,
+                                      enc_layers=2, dec_layers=2, dropout=0.0, max_positions=16, norm_first=True))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98))
+    g = torch.Generator().manual_seed(1)
+    for step in range(AR_STEPS):
+        for group in opt.param_groups:
+            group["lr"] = 1e-3 * min(1.0, (step + 1) / 100)
+        loss, stats = ar_loss(model, *reversal_batch(64, g), label_smoothing=0.0)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    model.eval()
+    src, src_mask, tgt, tgt_mask = reversal_batch(200, torch.Generator().manual_seed(99))
+    gold = [row[1:int(n) - 1] for row, n in zip(tgt.tolist(), tgt_mask.sum(1))]
+    for search, beam in ((greedy_search, 1), (beam_search, 4)):
+        out = search(model, src, src_mask, DecodeConfig(beam=beam), BOS, EOS, (PAD, BOS))
+        exact = sum(o == g for o, g in zip(out, gold)) / len(gold)
+        assert exact >= 0.95, f"{search.__name__}: {exact:.3f} exact"
+
+
+AR_STEPS = 600

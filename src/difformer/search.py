@@ -47,7 +47,7 @@ def greedy_search(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tenso
             break
         if len(keep) < len(alive):
             rows = torch.tensor(keep, device=device)
-            cache, src_mask = reorder_cache(cache, rows), src_mask[rows]
+            cache, src_mask = reorder_cache(cache, rows, rows), src_mask[rows]
         alive = [alive[i] for i in keep]
         last = torch.tensor([[out[b][-1]] for b in alive], device=device)
     return out
@@ -60,8 +60,7 @@ def beam_search(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor,
     emitted."""
     B, k, device = src.shape[0], cfg.beam, src.device
     max_len = max_lengths(src_mask, cfg, model.cfg.max_positions)
-    memory = model.encode(src, src_mask).repeat_interleave(k, dim=0)  # (B*k, S, d)
-    cache = model.new_cache(memory)
+    cache = model.new_cache(model.encode(src, src_mask), copies=k)  # rows: B*k, sentence-major
     src_mask = src_mask.repeat_interleave(k, dim=0)
     tokens = torch.full((B * k, 1), bos, device=device)  # (rows, t + 1): BOS and the tokens so far
     scores = torch.zeros(B, k, device=device)
@@ -72,8 +71,10 @@ def beam_search(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor,
         logits = model.decode(tokens[:, -1:], None, src_mask, cache, start=step)[:, -1].float()
         logp = F.log_softmax(logits, dim=-1)  # (rows, V)
         logp[:, list(banned)] = float("-inf")
-        at_limit = torch.tensor([max_len[b] == step + 1 for b in alive], device=device).repeat_interleave(k)
-        logp[at_limit] = torch.where(torch.arange(logp.shape[1], device=device) == eos, 0.0, float("-inf"))
+        at_limit = [max_len[b] == step + 1 for b in alive]
+        if any(at_limit):  # only EOS may follow
+            limit_rows = torch.tensor(at_limit, device=device).repeat_interleave(k)
+            logp[limit_rows] = torch.where(torch.arange(logp.shape[1], device=device) == eos, 0.0, float("-inf"))
         n, V = len(alive), logp.shape[1]
         total = (scores[:, :, None] + logp.view(n, k, V)).view(n, k * V)
         top, idx = total.topk(min(2 * k, k * V), dim=1)  # (n, 2k)
@@ -89,10 +90,15 @@ def beam_search(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor,
         keep = [i for i, b in enumerate(alive) if step + 1 < max_len[b] and not _done(finished[b], best_live[i], k)]
         if not keep:
             break
-        rows = (torch.tensor(keep, device=device)[:, None] * k + beam[keep]).reshape(-1)
+        kept = torch.tensor(keep, device=device)[:, None] * k  # (n', 1): first row of each kept sentence
+        rows = (kept + beam[keep]).reshape(-1)
         tokens = torch.cat([tokens[rows], word[keep].reshape(-1, 1)], dim=1)
+        source_rows = None
+        if len(keep) < n:
+            source_rows = (kept + torch.arange(k, device=device)).reshape(-1)
+            src_mask = src_mask[source_rows]
         scores, alive = scores[keep], [alive[i] for i in keep]
-        cache, src_mask = reorder_cache(cache, rows), src_mask[rows]
+        cache = reorder_cache(cache, rows, source_rows)
     return [max(f)[1] if f else [] for f in finished]
 
 

@@ -62,10 +62,11 @@ class ARTransformer(nn.Module):
                 h = layer(h, None, None, src_mask, self_cache=cache[i]["self"], cross_kv=cache[i]["cross"])
         return self.dec_norm(h) @ self.embed.weight.t()
 
-    def new_cache(self, memory: torch.Tensor) -> list[dict]:
-        """Per decoder layer: the cross-attention keys/values of `memory` (once per source) and an empty
-        self-attention cache."""
-        return [{"self": {}, "cross": layer.cross_attn.keys_values(memory)} for layer in self.decoder]
+    def new_cache(self, memory: torch.Tensor, copies: int = 1) -> list[dict]:
+        """Per decoder layer: the cross-attention keys/values of `memory`, computed once per source and
+        repeated for its `copies` beams, and an empty self-attention cache."""
+        return [{"self": {}, "cross": layer.cross_attn.keys_values(memory).repeat_interleave(copies, dim=1)}
+                for layer in self.decoder]
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         return self.decode(prev, self.encode(src, src_mask), src_mask)
@@ -74,12 +75,15 @@ class ARTransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def reorder_cache(cache: list[dict], rows: torch.Tensor) -> list[dict]:
-    """Keep (and repeat) the rows `rows` of every cached tensor: beam search's reordering and pruning."""
+def reorder_cache(cache: list[dict], rows: torch.Tensor, source_rows: torch.Tensor | None = None) -> list[dict]:
+    """Keep (and repeat) the rows `rows` of the self-attention caches: beam search's reordering and pruning.
+    The cross-attention keys/values depend on the source only: they are selected by `source_rows`, and
+    left as they are when it is None (beams reordered within their sentences, no sentence dropped)."""
     out = []
     for layer in cache:
         own = {k: v.index_select(0, rows) for k, v in layer["self"].items()}
-        out.append({"self": own, "cross": layer["cross"].index_select(1, rows)})
+        cross = layer["cross"] if source_rows is None else layer["cross"].index_select(1, source_rows)
+        out.append({"self": own, "cross": cross})
     return out
 
 
