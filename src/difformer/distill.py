@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from difformer.data.binarize import PairDataset, dtype_for, length_stats
 from difformer.data.prepare import check_destination
+from difformer.data.tokenizer import Tokenizer
 from difformer.errors import DifformerError
 from difformer.generate import load, search_tokens
 from difformer.hub import write_atomic, write_json
@@ -110,7 +111,7 @@ def _install(data: Path, partial: Path, dest: Path, train: PairDataset, record: 
     """Build the distilled directory beside dest (the source side and other splits copied, the training
     targets from the chunks) and rename it into place."""
     info = json.loads((data / "dataset.json").read_text(encoding="utf-8"))
-    tgt_lang, dtype = info["target_lang"], np.dtype(info["dtype"])
+    tgt_lang = info["target_lang"]
     lengths, flat, seconds = [], [], 0.0
     for start in range(0, len(train), record["chunk_size"]):
         with np.load(partial / _chunk_name(start)) as z:
@@ -123,8 +124,6 @@ def _install(data: Path, partial: Path, dest: Path, train: PairDataset, record: 
     empty = [i for i, h in enumerate(hyps) if len(h) == 0]
     for i in empty:  # an empty target teaches nothing: keep the reference there (counted in dataset.json)
         hyps[i] = np.asarray(train.tgt(i), np.int64)
-    from difformer.data.tokenizer import Tokenizer
-
     tok = Tokenizer(data / "tokenizer.model")
     bleu = corpus_bleu(tok.decode(hyps), tok.decode([train.tgt(i) for i in range(len(train))]))
     tmp = dest.parent / f".{dest.name}.distill-tmp"
