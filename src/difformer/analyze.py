@@ -121,7 +121,7 @@ def trajectory(pipe: Pipeline, sources: list[list[int]], refs: list[str], **opti
     device = next(model.parameters()).device
     texts = [[""] * len(sources) for _ in range(cfg.steps)]
     changed, positions = np.zeros(cfg.steps), 0
-    for idx, src, mask in source_batches(sources, cfg, tok.eos_id, tok.pad_id):
+    for idx, src, mask in source_batches(sources, cfg.length_beam * cfg.noise_beam, cfg.max_tokens, tok.eos_id, tok.pad_id):
         trace: list[torch.Tensor] = []
         with autocast(pipe.precision, device):
             cand = generate_candidates(model, pipe.schedule, src.to(device), mask.to(device), cfg, trace=trace)

@@ -24,7 +24,7 @@ from difformer.data.prepare import check_destination
 from difformer.data.tokenizer import Tokenizer
 from difformer.errors import DifformerError
 from difformer.generate import load, search_tokens
-from difformer.hub import write_atomic, write_json
+from difformer.hub import same_tokenizer, write_atomic, write_json
 from difformer.metrics import corpus_bleu
 
 
@@ -40,7 +40,7 @@ def distill(teacher: str | Path, data: str | Path, destdir: str | Path, *, beam:
     if pipe.arch != "transformer":
         raise DifformerError(f"{teacher}: the teacher must be an autoregressive model (model.arch "
                              f"transformer), not {pipe.arch}")
-    if (data / "tokenizer.model").read_bytes() != pipe.tokenizer.path.read_bytes():
+    if not same_tokenizer(data / "tokenizer.model", pipe.tokenizer.path):
         raise DifformerError(f"{teacher}: the teacher's tokenizer differs from {data / 'tokenizer.model'}; "
                              "distil with a teacher trained on this prepared data")
     check_destination(dest, force)

@@ -19,6 +19,7 @@ from difformer.data.tokenizer import Tokenizer
 from difformer.diffusion.sampling import generate_candidates
 from difformer.diffusion.schedule import Schedule
 from difformer.errors import DifformerError
+from difformer.hub import build_schedule, same_tokenizer
 from difformer.metrics import mbr_select
 from difformer.model.autoregressive import ARTransformer
 from difformer.model.difformer import Difformer
@@ -41,7 +42,7 @@ def length_batches(lengths: list[int], candidates: int, max_tokens: int) -> list
     return batches
 
 
-def source_batches(sources: list[list[int]], cfg: DecodeConfig, eos: int, pad: int,
+def source_batches(sources: list[list[int]], candidates: int, max_tokens: int, eos: int, pad: int,
                    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """(input indices, padded sources with EOS, mask) in decoding order; empty sources are left out.
 
@@ -49,8 +50,7 @@ def source_batches(sources: list[list[int]], cfg: DecodeConfig, eos: int, pad: i
     the same sentences at the same padding; the noise does not depend on them (see sampling.py).
     """
     todo = [i for i, s in enumerate(sources) if s]
-    for batch in length_batches([len(sources[i]) for i in todo], cfg.length_beam * cfg.noise_beam,
-                                cfg.max_tokens):
+    for batch in length_batches([len(sources[i]) for i in todo], candidates, max_tokens):
         idx = [todo[j] for j in batch]
         yield (idx, *pad_batch([sources[i] + [eos] for i in idx], pad))
 
@@ -83,7 +83,7 @@ def decode_ids(model: Difformer | ARTransformer, schedule: Schedule | None, toke
     device = next(model.parameters()).device
     C = cfg.length_beam * cfg.noise_beam
     outputs = [""] * len(sources)
-    for idx, src, mask in source_batches(sources, cfg, tokenizer.eos_id, tokenizer.pad_id):
+    for idx, src, mask in source_batches(sources, C, cfg.max_tokens, tokenizer.eos_id, tokenizer.pad_id):
         src, mask = src.to(device), mask.to(device)
         with autocast(precision, device):
             cand = generate_candidates(model, schedule, src, mask, cfg)
@@ -128,10 +128,7 @@ def search_tokens(model: ARTransformer, tokenizer: Tokenizer, sources: list[list
     search = greedy_search if cfg.beam == 1 else beam_search
     banned = (tokenizer.pad_id, tokenizer.bos_id)
     outputs: list[list[int]] = [[] for _ in sources]
-    todo = [i for i, s in enumerate(sources) if s]
-    for batch in length_batches([len(sources[i]) for i in todo], cfg.beam, cfg.max_tokens):
-        idx = [todo[j] for j in batch]
-        src, mask = pad_batch([sources[i] + [tokenizer.eos_id] for i in idx], tokenizer.pad_id)
+    for idx, src, mask in source_batches(sources, cfg.beam, cfg.max_tokens, tokenizer.eos_id, tokenizer.pad_id):
         with autocast(precision, device):
             hyps = search(model, src.to(device), mask.to(device), cfg, tokenizer.bos_id, tokenizer.eos_id, banned)
         for i, hyp in zip(idx, hyps):
@@ -149,8 +146,7 @@ class Pipeline:
                  precision: str = "auto", reranker: "Pipeline | None" = None):
         self.model, self.config, self.tokenizer = model.eval(), config, tokenizer
         self.arch = config.model.arch
-        self.schedule = (Schedule(config.diffusion.schedule, config.diffusion.timesteps)
-                         if self.arch == "difformer" else None)
+        self.schedule = build_schedule(config)
         self.precision = resolve_precision(precision, next(model.parameters()).device)
         self.truncated: list[int] = []  # indices of the inputs cut to max_positions by the last call
         self.reranker = None
@@ -165,7 +161,7 @@ class Pipeline:
         if reranker.arch != "transformer":
             raise DifformerError(f"{reranker.tokenizer.path.parent}: the reranker must be an autoregressive "
                                  f"model (model.arch transformer), not {reranker.arch}")
-        if reranker.tokenizer.path.read_bytes() != self.tokenizer.path.read_bytes():
+        if not same_tokenizer(reranker.tokenizer.path, self.tokenizer.path):
             raise DifformerError(f"{reranker.tokenizer.path}: the reranker's tokenizer differs from the model's "
                                  f"({self.tokenizer.path}); both must be trained on the same prepared data")
         self.reranker = reranker

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from difformer.config import Config, ModelConfig
 from difformer.data.tokenizer import Tokenizer
+from difformer.diffusion.schedule import Schedule
 from difformer.errors import DifformerError
 from difformer.model.autoregressive import ARTransformer
 from difformer.model.difformer import Difformer
@@ -96,6 +97,19 @@ def build_model(cfg: ModelConfig) -> Difformer | ARTransformer:
     return ARTransformer(cfg) if cfg.arch == "transformer" else Difformer(cfg)
 
 
+def build_schedule(config: Config) -> Schedule | None:
+    """A Difformer's noise schedule (None for an autoregressive model, which has none)."""
+    if config.model.arch != "difformer":
+        return None
+    return Schedule(config.diffusion.schedule, config.diffusion.timesteps)
+
+
+def same_tokenizer(a: str | Path, b: str | Path) -> bool:
+    """Whether two sentencepiece model files are the same vocabulary, byte for byte: a teacher, a reranker or
+    a warm start means something only with the ids of its own tokenizer."""
+    return Path(a).read_bytes() == Path(b).read_bytes()
+
+
 def save_pretrained(model: torch.nn.Module, config: Config, tokenizer_path: Path, dataset_json: Path | None,
                     directory: Path) -> None:
     """Write a model directory; built beside the target and renamed so it is never half-written."""
@@ -160,7 +174,7 @@ def init_from(model: torch.nn.Module, directory: str | Path, tokenizer: Path) ->
     for name in (WEIGHTS, TOKENIZER):
         if not (directory / name).is_file():
             raise DifformerError(f"train.init_from: {directory} has no {name}; not a difformer model directory")
-    if (directory / TOKENIZER).read_bytes() != Path(tokenizer).read_bytes():
+    if not same_tokenizer(directory / TOKENIZER, tokenizer):
         raise DifformerError(f"train.init_from: {directory / TOKENIZER} differs from the data's tokenizer "
                              f"{tokenizer}; warm starts need the same vocabulary")
     source = load_weights(directory / WEIGHTS)

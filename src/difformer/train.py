@@ -24,7 +24,6 @@ from difformer.data.batching import pad_batch, token_batches
 from difformer.data.binarize import PairDataset
 from difformer.data.tokenizer import Tokenizer
 from difformer.diffusion.losses import difformer_loss
-from difformer.diffusion.schedule import Schedule
 from difformer.errors import DifformerError
 from difformer.generate import decode_ids
 from difformer.metrics import corpus_bleu, rouge
@@ -90,8 +89,7 @@ class Trainer:
         self.precision = resolve_precision(t.precision, self.device)
         torch.manual_seed(t.seed)
         self.model = hub.build_model(cfg.model).to(self.device)
-        self.schedule = (Schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-                         if cfg.model.arch == "difformer" else None)
+        self.schedule = hub.build_schedule(cfg)
         warm = None
         if t.init_from and not resume:  # on resume the checkpoint holds the weights
             warm = hub.init_from(self.model, t.init_from, data / "tokenizer.model")
