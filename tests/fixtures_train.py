@@ -47,7 +47,7 @@ def trained_model(tiny_data, tmp_path_factory) -> Path:
     from difformer.train import train
 
     save = tmp_path_factory.mktemp("run") / "run"
-    return train(tiny_config(tiny_data, save, max_updates=150, validate_every=50))
+    return train(tiny_config(tiny_data, save, max_updates=150, validate_every=50), device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -56,4 +56,4 @@ def trained_ar(tiny_data, tmp_path_factory) -> Path:
     from difformer.train import train
 
     save = tmp_path_factory.mktemp("run-ar") / "run"
-    return train(tiny_config(tiny_data, save, arch="transformer", max_updates=600, validate_every=200))
+    return train(tiny_config(tiny_data, save, arch="transformer", max_updates=600, validate_every=200), device="cpu")

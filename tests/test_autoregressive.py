@@ -16,7 +16,7 @@ from difformer.generate import load, strip_specials
 from difformer.metrics import corpus_bleu
 from difformer.model.autoregressive import ARTransformer
 from difformer.model.difformer import Difformer
-from difformer.search import beam_search, greedy_search, sequence_scores
+from difformer.search import beam_search, best_continuations, greedy_search, sequence_scores
 from difformer.train import Trainer, train
 from fixtures_train import tiny_config, write_reversal_corpus
 
@@ -200,3 +200,46 @@ def test_command_line_decodes_both_kinds_and_reranks(trained_model, trained_ar, 
     assert rc == 2 and "do not apply to an autoregressive model" in err and err.count("\n") == 1
     rc, out, err = cli("evaluate", "--model", str(trained_ar), "--split", "test", "--beam", "1")
     assert rc == 0 and out.startswith("BLEU = ") and "autoregressive greedy" in err
+
+
+def test_the_package_level_load_takes_a_reranker(trained_model, trained_ar):
+    import difformer
+
+    pipe = difformer.load(trained_model, device="cpu", precision="fp32", reranker=trained_ar)
+    assert pipe.reranker is not None and pipe.device == torch.device("cpu")
+    assert len(pipe.generate(["red cat", "sun"], length_beam=2, noise_beam=2, selection="ar")) == 2
+
+
+def reference_continuations(logits, scores, banned, eos, at_limit):
+    """The first implementation: log_softmax over the vocabulary and a top-2k of the (n, k*V) sums."""
+    n, k = scores.shape
+    V = logits.shape[1]
+    logp = torch.log_softmax(logits, dim=-1)
+    logp[:, list(banned)] = float("-inf")
+    if any(at_limit):
+        rows = torch.tensor(at_limit).repeat_interleave(k)
+        logp[rows] = torch.where(torch.arange(V) == eos, 0.0, float("-inf"))
+    top, idx = (scores[:, :, None] + logp.view(n, k, V)).view(n, k * V).topk(min(2 * k, k * V), dim=1)
+    return top, idx // V, idx % V
+
+
+@pytest.mark.parametrize("k, V", [(1, 50), (4, 50), (5, 7), (3, 4)])
+def test_best_continuations_equal_the_full_log_softmax_search(k, V):
+    g = torch.Generator().manual_seed(k * 100 + V)
+    for trial in range(20):
+        n = 3
+        logits = torch.randn(n * k, V, generator=g) * 3
+        scores = -torch.rand(n, k, generator=g) * 5
+        if trial % 2:
+            scores[:, 1:] = float("-inf")  # the first step: one live beam
+        at_limit = [bool(b) for b in torch.randint(0, 2, (n,), generator=g)]
+        top, beam, word = best_continuations(logits.clone(), scores, (0, 1), 2, at_limit)
+        ref_top, ref_beam, ref_word = reference_continuations(logits.clone(), scores, (0, 1), 2, at_limit)
+        assert torch.allclose(top, ref_top, atol=1e-5)
+        finite = ref_top > float("-inf")  # below that, the order of -inf fillers is arbitrary
+        assert torch.equal(beam[finite], ref_beam[finite]) and torch.equal(word[finite], ref_word[finite])
+        assert not torch.isin(word[finite], torch.tensor([0, 1])).any()
+        for i, limited in enumerate(at_limit):
+            if limited:
+                kept = finite[i]
+                assert (word[i][kept] == 2).all() and torch.allclose(top[i][kept], scores[i][beam[i][kept]])

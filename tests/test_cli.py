@@ -84,3 +84,16 @@ def test_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "quickstart").mkdir()  # what `difformer quickstart` leaves in the working directory
     assert load_config("quickstart").model.d_model == 128
+
+
+def test_every_preset_loads_and_the_summary_presets_choose_by_rouge():
+    from difformer.config import PRESETS, load_config
+
+    names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    assert {"aeslc", "aeslc-ar", "multi30k", "multi30k-ar"} <= set(names)
+    for name in names:
+        load_config(name).validate()
+    for name in ("aeslc", "aeslc-ar"):
+        cfg = load_config(name)
+        assert cfg.train.valid_metric == "rouge" and cfg.model.max_positions == 128
+    assert not load_config("aeslc").model.length_offset and load_config("aeslc-ar").decode.max_len_a == 0

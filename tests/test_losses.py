@@ -42,7 +42,9 @@ def batch():
 
 def run(model, **diffusion):
     torch.manual_seed(1)
-    return difformer_loss(model, Schedule("sqrt", 100), DiffusionConfig(timesteps=100, **diffusion), *batch())
+    loss, stats = difformer_loss(model, Schedule("sqrt", 100), DiffusionConfig(timesteps=100, **diffusion), *batch())
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in stats.values())
+    return loss, {k: float(v) for k, v in stats.items()}  # device scalars: no synchronisation per batch
 
 
 def test_loss_is_mse_plus_anchor_plus_a_tenth_of_length():
@@ -79,6 +81,23 @@ def test_noise_factor_reaches_the_noising(monkeypatch):
     run(tiny(), noise_factor=1.0)
     run(tiny(), noise_factor=3.0, noise_mode="vp")
     assert seen == [(4.0, "scale"), (1.0, "scale"), (3.0, "vp")]
+
+
+def test_min_t_clips_the_training_timesteps(monkeypatch):
+    seen = []
+    real = Schedule.add_noise
+
+    def spy(self, z0, noise, t, noise_factor=1.0, mode="scale"):
+        seen.append(t.clone())
+        return real(self, z0, noise, t, noise_factor, mode)
+
+    monkeypatch.setattr(Schedule, "add_noise", spy)
+    model = tiny()  # seeds torch itself: made once, before the draws
+    for seed in range(30):
+        torch.manual_seed(seed)
+        difformer_loss(model, Schedule("sqrt", 100), DiffusionConfig(timesteps=100, min_t=0.6), *batch())
+    t = torch.cat(seen)
+    assert t.min() >= 60 and t.max() <= 99 and t.min() < 70  # U{60..99}
 
 
 def test_self_conditioning_switch_controls_the_extra_pass(monkeypatch):

@@ -4,7 +4,7 @@ import dataclasses
 import torch
 
 from difformer.config import DecodeConfig, ModelConfig
-from difformer.diffusion.sampling import CandidateNoise, generate_candidates
+from difformer.diffusion.sampling import generate_candidates
 from difformer.diffusion.schedule import Schedule
 from difformer.model.difformer import Difformer, length_targets, predict_lengths
 
@@ -113,21 +113,6 @@ def test_a_source_gets_the_same_candidates_alone_or_in_a_padded_batch():
     assert torch.allclose(a.scores[0], b.scores[1], atol=1e-3)  # float rounding of other shapes only
 
 
-def test_candidate_noise_is_a_function_of_source_seed_and_candidate():
-    one = torch.tensor([[7, 8, 3]])
-    two = torch.tensor([[4, 5, 6, 3], [7, 8, 3, 0]])
-    a = CandidateNoise(one, one != 0, torch.tensor([3, 3]), seed=0)(torch.empty(2, 3, 4))
-    b = CandidateNoise(two, two != 0, torch.tensor([4, 4, 3, 3]), seed=0)(torch.empty(4, 5, 4))
-    assert torch.equal(a, b[2:, :3]) and not b[2:, 3:].any()  # same draws, zero beyond the length
-    assert not torch.allclose(a[0], a[1])  # two candidates of one source
-    assert not torch.allclose(b[0, :3], b[2, :3])  # two sources
-    c = CandidateNoise(one, one != 0, torch.tensor([3, 3]), seed=1)(torch.empty(2, 3, 4))
-    assert not torch.allclose(a, c)
-    noise = CandidateNoise(one, one != 0, torch.tensor([3, 3]), seed=0)
-    first, second = noise(torch.empty(2, 3, 4)), noise(torch.empty(2, 3, 4))
-    assert torch.equal(first, a) and not torch.allclose(first, second)  # every step draws afresh
-
-
 def test_early_stop_and_ddim_and_clamp_run():
     model, schedule = tiny(), Schedule("sqrt", 2000)
     src = torch.tensor([[4, 5, 6, 3]])
@@ -144,13 +129,63 @@ def test_early_stop_and_ddim_and_clamp_run():
 def test_candidates_are_seeded_by_their_own_source_tokens_without_padding(monkeypatch):
     """Each of a source's l x n candidates is seeded by that source's tokens alone, not by its row in the
     repeated batch (a bug once seeded the second source of a batch with the first one's padding)."""
-    from difformer.diffusion import sampling
+    from difformer.diffusion import noise
 
     seen = []
-    real = sampling.candidate_seed
-    monkeypatch.setattr(sampling, "candidate_seed", lambda source, seed, index: seen.append(
+    real = noise.candidate_seed
+    monkeypatch.setattr(noise, "candidate_seed", lambda source, seed, index: seen.append(
         (tuple(source), index)) or real(source, seed, index))
     batch = torch.tensor([[4, 5, 6, 9, 10, 3], [7, 8, 3, 0, 0, 0]])
     generate_candidates(tiny(), Schedule("sqrt", 2000), batch, batch != 0, DecodeConfig(steps=2, length_beam=2,
                                                                                            noise_beam=2))
     assert seen == [((4, 5, 6, 9, 10, 3), c) for c in range(4)] + [((7, 8, 3), c) for c in range(4)]
+
+
+def test_condition_enhanced_decoding_tells_the_network_the_first_step_at_every_step(monkeypatch):
+    model, schedule = tiny(), Schedule("sqrt", 2000)
+    times = []
+    real = Difformer.denoise
+    monkeypatch.setattr(Difformer, "denoise",
+                        lambda self, z, p, t, *a: times.append(t.tolist()) or real(self, z, p, t, *a))
+    src = torch.tensor([[4, 5, 6, 3]])
+    generate_candidates(model, schedule, src, src != 0, DecodeConfig(steps=4))
+    plain, times[:] = list(times), []
+    generate_candidates(model, schedule, src, src != 0, DecodeConfig(steps=4, cond_enhance=True))
+    assert [t[0] for t in plain] == [999.5, 666.5, 333.0, 0.0]
+    assert [t[0] for t in times] == [999.5] * 4
+
+
+def test_length_groups_cover_every_row_once_longest_first():
+    from difformer.diffusion.sampling import length_groups
+
+    lengths = [5, 12, 7, 12, 6, 30, 11, 5]
+    groups = length_groups(lengths, min_tokens=0, slack=2)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert [[lengths[i] for i in g] for g in groups] == [[30], [12, 12, 11], [7, 6, 5, 5]]
+    assert length_groups(lengths, min_tokens=60, slack=2)[0] == [5, 1]  # the 30 takes a 12 along: 60 positions
+    assert length_groups(lengths, float("inf")) == [list(range(8))]
+
+
+def test_grouping_candidates_by_length_changes_no_output(monkeypatch):
+    from difformer.diffusion import sampling
+
+    model, schedule = tiny(), Schedule("sqrt", 2000)
+    encode = model.encode
+
+    def same_length_as_source(src, src_mask):  # an untrained length head predicts 2 or the maximum
+        memory, logits = encode(src, src_mask)
+        return memory, torch.nn.functional.one_hot(torch.full_like(src[:, 0], logits.shape[-1] // 2),
+                                                   logits.shape[-1]).float()
+
+    model.encode = same_length_as_source
+    src = torch.tensor([[4, 5, 6, 9, 10, 11, 3], [7, 8, 3, 0, 0, 0, 0], [5, 6, 7, 8, 3, 0, 0]])
+    cfg = DecodeConfig(steps=4, length_beam=5, noise_beam=2)
+    monkeypatch.setattr(sampling, "CPU_GROUP_TOKENS", float("inf"))
+    whole = generate_candidates(model, schedule, src, src != 0, cfg)
+    monkeypatch.setattr(sampling, "CPU_GROUP_TOKENS", 1)  # a group wherever the length falls by more than 2
+    grouped = generate_candidates(model, schedule, src, src != 0, cfg)
+    assert len(set(whole.lengths.flatten().tolist())) > 3
+    for b in range(3):
+        for c, n in enumerate(whole.lengths[b].tolist()):
+            assert torch.equal(whole.tokens[b, c, :n], grouped.tokens[b, c, :n])
+    assert torch.allclose(whole.scores, grouped.scores, atol=1e-4)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from difformer.diffusion.schedule import Schedule, make_alphas_cumprod, vp_rescale
+from difformer.diffusion.schedulers import DDIMScheduler, DDPMScheduler, make_sampler
 
 
 def sqrt_abar(s: float) -> float:
@@ -70,23 +71,62 @@ def test_timesteps_are_evenly_spaced_from_T_minus_1_to_0():
 
 def test_ddpm_step_is_the_posterior_of_one_step():
     s = Schedule("sqrt", 2000)
+    sampler = DDPMScheduler(s)
+    sampler.set_timesteps(2000)  # every step: t -> t - 1
+    i = 1999 - 800  # the step at t = 800
+    assert sampler.timesteps[i] == 800
     z0, zt = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
-    t = 800
     abar = s.alphas_cumprod
+    t = 800
     beta = 1 - abar[t] / abar[t - 1]
     mean = (abar[t - 1].sqrt() * beta / (1 - abar[t])) * z0 + ((1 - beta).sqrt() * (1 - abar[t - 1]) / (1 - abar[t])) * zt
     var = beta * (1 - abar[t - 1]) / (1 - abar[t])
     noise = torch.randn(zt.shape)
-    out = s.step(z0, zt, t, t - 1, "ddpm", noise)
+    assert sampler.needs_noise(i)
+    out = sampler.step(i, z0, zt, noise)
     assert torch.allclose(out, mean.float() + var.sqrt().float() * noise, atol=1e-5)
+
+
+def test_strided_ddpm_moves_to_the_next_of_its_own_steps():
+    s = Schedule("sqrt", 2000)
+    sampler = DDPMScheduler(s)
+    sampler.set_timesteps(5)
+    t, prev = sampler.timesteps[1], sampler.timesteps[2]
+    assert (t, prev) == (1499, 1000)
+    abar_t, abar_s = s.alphas_cumprod[t], s.alphas_cumprod[prev]
+    alpha = abar_t / abar_s
+    z0, zt = torch.randn(3, 4), torch.randn(3, 4)
+    mean = abar_s.sqrt() * (1 - alpha) / (1 - abar_t) * z0 + alpha.sqrt() * (1 - abar_s) / (1 - abar_t) * zt
+    std = ((1 - alpha) * (1 - abar_s) / (1 - abar_t)).sqrt()
+    noise = torch.randn(3, 4)
+    assert torch.allclose(sampler.step(1, z0, zt, noise), (mean + std * noise).float(), atol=1e-5)
 
 
 def test_last_step_returns_the_prediction_and_ddim_is_deterministic():
     s = Schedule("sqrt", 2000)
     z0, eps = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    ddpm = DDPMScheduler(s)
+    ddpm.set_timesteps(4)
     zt = s.add_noise(z0, eps, torch.tensor([900, 900]))
-    assert torch.allclose(s.step(z0, zt, 5, -1, "ddpm"), z0, atol=1e-6)
-    # with the true z0, DDIM re-noises it with the very same eps at the earlier step
-    out = s.step(z0, zt, 900, 400, "ddim")
-    a = s.alphas_cumprod[400].item()
-    assert torch.allclose(out, math.sqrt(a) * z0 + math.sqrt(1 - a) * eps, atol=1e-4)
+    assert not ddpm.needs_noise(3)  # t = 0 -> the clean end adds no noise
+    assert torch.allclose(ddpm.step(3, z0, zt), z0, atol=1e-6)
+    # with the true z0, DDIM re-noises it with the very same eps at the next step
+    ddim = DDIMScheduler(s)
+    ddim.set_timesteps(5)
+    assert ddim.timesteps[2:4] == [1000, 500]
+    zt = s.add_noise(z0, eps, torch.tensor([1000, 1000]))
+    a = s.alphas_cumprod[500].item()
+    assert not ddim.needs_noise(2)
+    assert torch.allclose(ddim.step(2, z0, zt), math.sqrt(a) * z0 + math.sqrt(1 - a) * eps, atol=1e-4)
+
+
+def test_early_stop_keeps_the_first_steps_and_coefficients_live_on_the_device():
+    s = Schedule("sqrt", 2000)
+    sampler = DDPMScheduler(s)
+    sampler.set_timesteps(10, early_stop=4)
+    full = s.timesteps_for(10)
+    assert sampler.timesteps == full[:4]
+    assert sampler.coef.shape == (10, 3) and sampler.coef.dtype == torch.float32
+    assert torch.allclose(sampler.model_times, torch.tensor(full[:4]) * 0.5)
+    assert sampler.needs_noise(3)  # step 4 of 10 is not the clean end: early stop just outputs z0_hat there
+    assert type(make_sampler("ddim", s)) is DDIMScheduler and type(make_sampler("ddpm", s)) is DDPMScheduler

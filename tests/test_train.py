@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 
 from difformer import train as train_module
 from difformer.errors import DifformerError
-from difformer.train import Trainer, inverse_sqrt_lr, train
+from difformer.config import TrainConfig
+from difformer.train import Trainer, inverse_sqrt_lr, learning_rate, train
 from fixtures_train import tiny_config
 
 
@@ -16,6 +17,29 @@ def test_inverse_sqrt_schedule():
     assert inverse_sqrt_lr(100, 1e-3, 100) == pytest.approx(1e-3)
     assert inverse_sqrt_lr(400, 1e-3, 100) == pytest.approx(5e-4)
     assert inverse_sqrt_lr(7, 1e-3, 0) == 1e-3
+
+
+def test_decaying_schedules_warm_up_then_reach_zero_at_the_end_of_the_budget():
+    by_updates = TrainConfig(lr=1e-3, warmup_updates=100, max_updates=1100, lr_schedule="linear")
+    assert learning_rate(by_updates, 50, 0.0) == pytest.approx(1e-3 * 0.5 * (1 - 50 / 1100))
+    assert learning_rate(by_updates, 550, 0.0) == pytest.approx(5e-4)
+    assert learning_rate(by_updates, 1100, 0.0) == 0.0
+    cosine = TrainConfig(lr=1e-3, warmup_updates=0, max_updates=1000, lr_schedule="cosine")
+    assert learning_rate(cosine, 500, 0.0) == pytest.approx(5e-4)
+    assert learning_rate(cosine, 1000, 0.0) == pytest.approx(0.0, abs=1e-12)
+    # a wall-clock budget: whichever end comes first sets the progress
+    by_clock = TrainConfig(lr=1e-3, warmup_updates=0, max_updates=100000, max_minutes=10, lr_schedule="linear")
+    assert learning_rate(by_clock, 10, 150.0) == pytest.approx(7.5e-4)
+    assert learning_rate(by_clock, 10, 900.0) == 0.0
+    assert learning_rate(TrainConfig(lr=1e-3, warmup_updates=100), 400, 5.0) == pytest.approx(5e-4)  # default
+
+
+def test_the_decaying_schedule_is_what_the_optimizer_used(tiny_data, tmp_path):
+    run = tmp_path / "r"
+    train(tiny_config(tiny_data, run, max_updates=20, lr_schedule="linear", warmup_updates=0))
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    lrs = {r["update"]: r["lr"] for r in log if "lr" in r}
+    assert lrs[10] == pytest.approx(2e-3 * (1 - 10 / 20)) and lrs[20] == 0.0
 
 
 def test_resume_continues_exactly(tiny_data, tmp_path):
@@ -79,7 +103,7 @@ def test_non_finite_losses_skip_updates_then_stop(tiny_data, tmp_path, monkeypat
 
     def nan_loss(*args):
         loss, stats = real(*args)
-        return loss * float("nan"), {**stats, "loss": float("nan")}
+        return loss * float("nan"), {**stats, "loss": torch.tensor(float("nan"))}
 
     monkeypatch.setattr(train_module, "difformer_loss", nan_loss)
     extra = {} if limit == 10 else {"max_bad_updates": limit}  # 10 is the default

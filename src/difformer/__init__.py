@@ -10,8 +10,12 @@ __version__ = "0.1.0"
 __all__ = ["DifformerError", "load", "__version__"]
 
 
-def load(path, device: str = "cpu", precision: str = "auto"):
-    """Load a model directory; returns a Pipeline with `.generate(list_of_str, **decoding_options)`."""
+def load(path, device: str = "auto", precision: str = "auto", reranker=None):
+    """Load a model directory of either kind; returns a Pipeline with `.generate(list_of_str, **options)`.
+
+    device "auto" is CUDA when present, else the CPU; `reranker`: an autoregressive model directory that
+    `selection="ar"` scores a Difformer's candidates with.
+    """
     from difformer.generate import load as _load
 
-    return _load(path, device=device, precision=precision)
+    return _load(path, device=device, precision=precision, reranker=reranker)

@@ -26,7 +26,6 @@ from difformer.diffusion.sampling import generate_candidates
 from difformer.errors import DifformerError
 from difformer.generate import Pipeline, detokenize, load, source_batches
 from difformer.metrics import corpus_bleu
-from difformer.model.difformer import timestep_features
 from difformer.precision import autocast
 
 
@@ -43,16 +42,19 @@ def embedding_norms(model) -> dict[str, np.ndarray]:
     clean token: z0 itself ("before_noise"), or the decoder input built from z0 at t = 0, position 0 and
     no self-conditioning ("input", the published placement).
     """
-    ids = torch.arange(model.cfg.vocab_size)
-    z0 = model.embed(ids) * model.embed_scale  # (V, e)
-    out = {"embedding": z0.norm(dim=-1).numpy()}
+    device = model.embed.weight.device
+    z0 = model.embed(torch.arange(model.cfg.vocab_size, device=device)) * model.embed_scale  # (V, e)
+
+    def norm(x: torch.Tensor) -> np.ndarray:
+        return x.norm(dim=-1).float().cpu().numpy()
+
+    out = {"embedding": norm(z0)}
     if model.cfg.embed_norm == "before_noise":
-        out["before_norm"], out["after_norm"] = out["embedding"], model.target_norm(z0).norm(dim=-1).numpy()
+        out["before_norm"], out["after_norm"] = out["embedding"], norm(model.target_norm(z0))
     elif model.cfg.embed_norm == "input":
-        d = model.cfg.d_model
-        h = model.in_mlp(torch.cat([model.proj_in(z0), model.proj_in(torch.zeros_like(z0))], dim=-1))
-        h = h + model.time_mlp(timestep_features(torch.zeros(1), d)) + model.dec_pos.weight[0]
-        out["before_norm"], out["after_norm"] = h.norm(dim=-1).numpy(), model.input_norm(h).norm(dim=-1).numpy()
+        zero = torch.zeros(len(z0), device=device)
+        h = model.decoder_input(z0[:, None], torch.zeros_like(z0[:, None]), zero, normalize=False)[:, 0]
+        out["before_norm"], out["after_norm"] = norm(h), norm(model.input_norm(h))
     return out
 
 
@@ -114,7 +116,8 @@ def trajectory(pipe: Pipeline, sources: list[list[int]], refs: list[str], **opti
 
     Returns per step: the sampling timestep, corpus BLEU of the step's texts, the fraction of target
     positions whose token changed since the previous step, and the texts. Batching and seed are those of
-    `generate`, so the last step's texts are exactly what `generate` outputs with the same options.
+    `generate`, so the last step's texts are what `generate` outputs with the same options (up to float
+    rounding: `generate` denoises a CPU batch in groups of similar length).
     """
     cfg = pipe.decode_config(**{**options, "length_beam": 1, "noise_beam": 1, "early_stop": 0})
     model, tok = pipe.model, pipe.tokenizer
@@ -235,7 +238,7 @@ def plot_trajectory(traj: dict, path: Path) -> None:
 
 def analyze(model_dir: str | Path, out: str | Path, data_dir: str | Path | None = None,
             logs: list[str | Path] | None = None, split: str = "valid", sentences: int = 200, show: int = 5,
-            precision: str = "auto", device: str = "cpu", **options) -> dict:
+            precision: str = "auto", device: str = "auto", **options) -> dict:
     """Write the plots, analysis.json and report.html to `out`; return the summary.
 
     data_dir defaults to the data the model was trained on (when it is still there); logs default to the

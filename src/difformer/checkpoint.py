@@ -1,8 +1,8 @@
 """Training checkpoints: crash-safe writes, exact resume, and one clear error for any damage.
 
 checkpoints/update_N/ holds model.safetensors, trainer.safetensors (optimizer moments and the torch RNG
-state) and state.json (the State below, the optimizer's param groups and the config); checkpoints/
-last.json names the newest complete one. Batches are a function of (seed, epoch), so they are not saved.
+states: the CPU's, and the training GPU's on CUDA) and state.json (the State below, the optimizer's param
+groups and the config); checkpoints/last.json names the newest complete one. Batches are a function of (seed, epoch), so they are not saved.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class State:
 
 
 def save(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: State,
-         cfg: Config, keep: set[str]) -> None:
+         cfg: Config, keep: set[str], device: torch.device = torch.device("cpu")) -> None:
     """Write ckpt_dir/NAME/ (built aside, renamed), point last.json at it atomically, then delete the
     update_* checkpoints not in `keep`.
 
@@ -50,6 +50,8 @@ def save(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.opt
         hub.save_weights(model.state_dict(), tmp / hub.WEIGHTS)
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
         tensors["rng"] = torch.get_rng_state()
+        if device.type == "cuda":  # timesteps, noise and dropout masks are drawn there
+            tensors["rng_cuda"] = torch.cuda.get_rng_state(device)
         hub.save_weights(tensors, tmp / "trainer.safetensors")
         hub.write_json(tmp / "state.json", {"state": state.__dict__, "param_groups": groups,
                                            "config": cfg.to_dict()})
@@ -81,9 +83,11 @@ def read_last(ckpt_dir: Path) -> str:
     return name
 
 
-def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config) -> State:
+def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config,
+         device: torch.device = torch.device("cpu")) -> State:
     """Restore weights, optimizer and RNG in place and return the state; any damage is reported as one
-    error naming the file and the other checkpoints there are to resume from."""
+    error naming the file and the other checkpoints there are to resume from. A run moved between CPU and
+    CUDA resumes, but not exactly: the other device's random stream is not there to restore."""
     hint = _earlier(path.parent, path.name)
     if not path.is_dir():
         raise DifformerError(f"{path}: checkpoint named by last.json is missing; {hint}")
@@ -100,6 +104,12 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, c
         hub.load_state(model, hub.load_weights(path / hub.WEIGHTS), path / hub.WEIGHTS)
         tensors = hub.load_weights(path / "trainer.safetensors")
         torch.set_rng_state(tensors.pop("rng"))
+        cuda_rng = tensors.pop("rng_cuda", None)
+        if cuda_rng is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, device)
+        for group in meta["param_groups"]:  # this run's kernel (fused on CUDA), not the saved one; set before
+            # loading, which places Adam's step counters for the kernel the groups name
+            group.update({k: optimizer.defaults[k] for k in ("fused", "foreach") if k in optimizer.defaults})
         optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["param_groups"]))
         _check_optimizer_shapes(optimizer)
         state = State(**meta["state"])

@@ -58,7 +58,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a Difformer (or the autoregressive teacher) from a prepared corpus",
         description="Train from a YAML config (a file, or a preset name: quickstart, multi30k, iwslt14, "
-        "wmt14, and the autoregressive multi30k-ar, quickstart-ar) with section.key=value overrides, e.g. "
+        "wmt14, aeslc, and the autoregressive multi30k-ar, quickstart-ar, aeslc-ar) with section.key=value "
+        "overrides, e.g. "
         "`difformer train multi30k train.data=data/m30k train.save_dir=runs/m30k train.max_minutes=25`. "
         "Checkpoints (safetensors + JSON) go to SAVE_DIR/checkpoints; the average of the best checkpoints by "
         "train.valid_metric (validation BLEU by default) becomes the model directory SAVE_DIR/model. "
@@ -66,7 +67,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML config file or preset name")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.add_argument("--resume", action="store_true", help="continue the run in train.save_dir")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present, else CPU), cpu, cuda")
     _add_threads(p)
     p.set_defaults(func=_run_train)
 
@@ -109,7 +110,7 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=int, default=2000, help="sources per resumable chunk")
     p.add_argument("--force", action="store_true", help="replace an existing --destdir")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present, else CPU), cpu, cuda")
     _add_threads(p)
     p.set_defaults(func=_run_distill)
 
@@ -147,11 +148,13 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sampler", choices=["ddpm", "ddim"], help="ancestral DDPM or deterministic DDIM")
     g.add_argument("--clamp", action=argparse.BooleanOptionalAction, default=None,
                    help="replace z0_hat by its nearest word embedding at every step")
+    g.add_argument("--cond-enhance", action=argparse.BooleanOptionalAction, default=None,
+                   help="tell the network t = T-1 at every step, so it leans on the source (DINOISER)")
     g.add_argument("--seed", type=int, help="noise seed")
     g.add_argument("--max-tokens", type=int, help="decoding batch size in target tokens, candidates included")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16 autocast where the hardware is fast at it (auto), or force one")
-    g.add_argument("--device", default="cpu", help="torch device")
+    g.add_argument("--device", default="auto", help="torch device: auto (CUDA when present, else CPU), cpu, cuda")
     _add_threads(g)
 
 
@@ -171,8 +174,8 @@ def _set_threads(n: int | None) -> None:
 
 
 def _decoding_options(args: argparse.Namespace) -> dict:
-    names = ["steps", "early_stop", "length_beam", "noise_beam", "selection", "sampler", "clamp", "seed",
-             "max_tokens", "beam", "lenpen", "max_len_a", "max_len_b"]
+    names = ["steps", "early_stop", "length_beam", "noise_beam", "selection", "sampler", "clamp", "cond_enhance",
+             "seed", "max_tokens", "beam", "lenpen", "max_len_a", "max_len_b"]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
@@ -193,11 +196,13 @@ def _run_generate(args: argparse.Namespace) -> None:
 
     from difformer.generate import load, read_lines
     from difformer.hub import check_writable
+    from difformer.precision import allow_tf32
 
     if args.output:
         check_writable(args.output)  # before loading and decoding, not after
     pipe = load(args.model, device=args.device, precision=args.precision,
                 reranker=args.reranker)  # before stdin: fail fast
+    allow_tf32(pipe.device, pipe.precision)
     options = _decoding_options(args)
     cfg = pipe.decode_config(**options)
     lines, bad = read_lines(args.input)
@@ -211,7 +216,7 @@ def _run_generate(args: argparse.Namespace) -> None:
               f"line(s) {_ranges([i + 1 for i in pipe.truncated])}", file=sys.stderr)
     _write_lines(outputs, args.output)
     print(f"{len(lines)} sentences in {seconds:.2f}s ({len(lines) / max(seconds, 1e-9):.1f} sentences/s); "
-          f"{pipe.describe(cfg)} precision={pipe.precision}", file=sys.stderr)
+          f"{pipe.describe(cfg)} precision={pipe.precision} device={pipe.device}", file=sys.stderr)
 
 
 def _write_lines(outputs: list[str], path: str | None) -> None:

@@ -70,7 +70,10 @@ class DiffusionConfig:
     label_smoothing: float = 0.1
     length_weight: float = 0.1
     self_cond: float = 0.5  # probability of a self-conditioning pass in training; 0 turns it off
-    time_sampling: str = "uniform"  # "uniform" over 0..T-1
+    time_sampling: str = "uniform"  # "uniform" over min_t * T .. T-1
+    # DINOISER's clipping of the smallest noise levels: training draws no t below min_t * T (0: none); they
+    # are nearly clean, so the denoiser learns little from them
+    min_t: float = 0.0
 
     def validate(self) -> None:
         _check(self.schedule in ("sqrt", "linear", "cosine"),
@@ -83,6 +86,7 @@ class DiffusionConfig:
         _check(0.0 <= self.self_cond <= 1.0, "diffusion.self_cond is a probability in [0, 1]")
         _check(0.0 <= self.label_smoothing < 1.0, "diffusion.label_smoothing must be in [0, 1)")
         _check(self.time_sampling == "uniform", "diffusion.time_sampling must be uniform")
+        _check(0.0 <= self.min_t < 1.0, "diffusion.min_t is a fraction of the timesteps in [0, 1)")
 
 
 @dataclass
@@ -93,6 +97,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.01
     warmup_updates: int = 10000
+    # with the linear warmup: "inverse_sqrt" (then lr * sqrt(warmup / update), open-ended), or a "cosine" /
+    # "linear" decay to 0 at the end of the budget (max_updates or max_minutes, whichever comes first)
+    lr_schedule: str = "inverse_sqrt"
     clip_norm: float = 1.0
     max_tokens: int = 8000  # per batch, padded tokens of the longer side
     update_freq: int = 1  # gradient accumulation: batches per update
@@ -123,6 +130,8 @@ class TrainConfig:
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas: two values in [0, 1)")
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)")
         _check(self.valid_metric in ("bleu", "rouge", "loss"), "train.valid_metric must be bleu, rouge or loss")
+        _check(self.lr_schedule in ("inverse_sqrt", "cosine", "linear"),
+               "train.lr_schedule must be inverse_sqrt, cosine or linear")
 
 
 @dataclass
@@ -133,6 +142,9 @@ class DecodeConfig:
     noise_beam: int = 1
     sampler: str = "ddpm"  # "ddpm" (ancestral) or "ddim" (deterministic)
     clamp: bool = False  # replace z0_hat by the embedding of its argmax token at every step
+    # DINOISER's condition-enhanced decoding: the network is told t = T-1 at every step (the noisiest, where
+    # it must lean on the source) while the sampler walks the schedule as usual
+    cond_enhance: bool = False
     # "score" (model's mean token log-prob), "mbr" (BLEU-MBR) or "ar" (an autoregressive reranker's
     # length-normalised log-probability: Pipeline.reranker, `generate --reranker DIR`)
     selection: str = "score"
@@ -168,7 +180,8 @@ class DecodeConfig:
             return f"autoregressive {search} max_len={self.max_len_a:g}*src+{self.max_len_b}"
         return (f"steps={self.steps} early_stop={self.early_stop or 'off'} "
                 f"candidates={self.length_beam}x{self.noise_beam} selection={self.selection} "
-                f"sampler={self.sampler} clamp={self.clamp} NFE={self.nfe}")
+                f"sampler={self.sampler} clamp={self.clamp}{' cond_enhance' if self.cond_enhance else ''} "
+                f"NFE={self.nfe}")
 
 
 @dataclass

@@ -26,17 +26,19 @@ from difformer.errors import DifformerError
 from difformer.generate import load, search_tokens
 from difformer.hub import same_tokenizer, write_atomic, write_json
 from difformer.metrics import corpus_bleu
+from difformer.precision import allow_tf32
 
 
 def distill(teacher: str | Path, data: str | Path, destdir: str | Path, *, beam: int = 4, lenpen: float = 1.0,
             max_len_a: float | None = None, max_len_b: int | None = None, max_tokens: int | None = None,
-            chunk_size: int = 2000, device: str = "cpu", precision: str = "auto", force: bool = False) -> dict:
+            chunk_size: int = 2000, device: str = "auto", precision: str = "auto", force: bool = False) -> dict:
     """Write destdir: `data` with the training targets replaced by the teacher's beam-search outputs; return
     its dataset.json. A partial run of the same options is resumed."""
     data, dest = Path(data), Path(destdir)
     if not (data / "dataset.json").is_file():
         raise DifformerError(f"{data}: no dataset.json; run `difformer prepare` first")
     pipe = load(teacher, device=device, precision=precision)
+    allow_tf32(pipe.device, pipe.precision)
     if pipe.arch != "transformer":
         raise DifformerError(f"{teacher}: the teacher must be an autoregressive model (model.arch "
                              f"transformer), not {pipe.arch}")

@@ -9,6 +9,7 @@ from difformer.errors import DifformerError
 from difformer.generate import load, read_lines
 from difformer.hub import write_atomic
 from difformer.metrics import corpus_bleu, rouge, tokenized_bleu
+from difformer.precision import allow_tf32
 
 
 def read_references(hyp_path: str, ref_paths: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -41,6 +42,7 @@ def decode_split(model_dir: str, data_dir: str | None, split: str, precision: st
                  ) -> tuple[list[str], list[list[str]], str]:
     """Decode the sources of a prepared split; references are its detokenized targets."""
     pipe = load(model_dir, device=device, precision=precision, reranker=reranker)
+    allow_tf32(pipe.device, pipe.precision)
     data_dir = data_dir or pipe.trained_on
     if not data_dir or not (Path(data_dir) / "dataset.json").is_file():
         raise DifformerError(f"{data_dir or model_dir}: no prepared data; pass --data DIR")

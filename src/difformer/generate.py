@@ -23,7 +23,7 @@ from difformer.hub import build_schedule, same_tokenizer
 from difformer.metrics import mbr_select
 from difformer.model.autoregressive import ARTransformer
 from difformer.model.difformer import Difformer
-from difformer.precision import autocast, resolve_precision
+from difformer.precision import autocast, resolve_device, resolve_precision
 from difformer.search import beam_search, greedy_search, sequence_scores
 
 
@@ -147,7 +147,8 @@ class Pipeline:
         self.model, self.config, self.tokenizer = model.eval(), config, tokenizer
         self.arch = config.model.arch
         self.schedule = build_schedule(config)
-        self.precision = resolve_precision(precision, next(model.parameters()).device)
+        self.device = next(model.parameters()).device
+        self.precision = resolve_precision(precision, self.device)
         self.truncated: list[int] = []  # indices of the inputs cut to max_positions by the last call
         self.reranker = None
         if reranker is not None:
@@ -216,7 +217,8 @@ class Pipeline:
 
 # decoding options that only one model kind reads; given to the other, they are an error, not ignored
 AR_OPTIONS = {"beam", "lenpen", "max_len_a", "max_len_b"}
-DIFFUSION_OPTIONS = {"steps", "early_stop", "length_beam", "noise_beam", "sampler", "clamp", "selection", "seed"}
+DIFFUSION_OPTIONS = {"steps", "early_stop", "length_beam", "noise_beam", "sampler", "clamp", "cond_enhance",
+                     "selection", "seed"}
 
 
 LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines (and some editors) split on
@@ -229,13 +231,15 @@ def one_line(text: str) -> str:
     return text.translate(_ONE_LINE)
 
 
-def load(path: str | Path, device: str = "cpu", precision: str = "auto",
+def load(path: str | Path, device: str = "auto", precision: str = "auto",
          reranker: str | Path | None = None) -> Pipeline:
-    """Load a model directory written by `difformer train` (or `save_pretrained`), of either kind; with
-    `reranker`, an autoregressive model directory that `selection="ar"` scores candidates with."""
+    """Load a model directory written by `difformer train` (or `save_pretrained`), of either kind, on
+    `device` ("auto": CUDA when present); with `reranker`, an autoregressive model directory that
+    `selection="ar"` scores candidates with."""
     from difformer.hub import from_pretrained
 
     model, config, tokenizer = from_pretrained(path)
+    device = resolve_device(device)
     pipe = Pipeline(model.to(device), config, tokenizer, precision)
     if reranker is not None:
         pipe.set_reranker(load(reranker, device, precision))

@@ -10,7 +10,6 @@ At max_len_a * source length + max_len_b tokens EOS is forced.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from difformer.config import DecodeConfig
 from difformer.data.batching import pad_batch
@@ -68,17 +67,10 @@ def beam_search(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor,
     alive = list(range(B))  # the sentences still in the batch, in row order
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     for step in range(max(max_len)):
-        logits = model.decode(tokens[:, -1:], None, src_mask, cache, start=step)[:, -1].float()
-        logp = F.log_softmax(logits, dim=-1)  # (rows, V)
-        logp[:, list(banned)] = float("-inf")
+        logits = model.decode(tokens[:, -1:], None, src_mask, cache, start=step)[:, -1].float()  # (rows, V)
         at_limit = [max_len[b] == step + 1 for b in alive]
-        if any(at_limit):  # only EOS may follow
-            limit_rows = torch.tensor(at_limit, device=device).repeat_interleave(k)
-            logp[limit_rows] = torch.where(torch.arange(logp.shape[1], device=device) == eos, 0.0, float("-inf"))
-        n, V = len(alive), logp.shape[1]
-        total = (scores[:, :, None] + logp.view(n, k, V)).view(n, k * V)
-        top, idx = total.topk(min(2 * k, k * V), dim=1)  # (n, 2k)
-        beam, word = idx // V, idx % V
+        top, beam, word = best_continuations(logits, scores, banned, eos, at_limit)
+        n = len(alive)
         is_eos = (word == eos) & (top > float("-inf"))
         for i, j in (is_eos[:, :k]).nonzero().tolist():  # finished among the best k: fairseq's rule
             hyp = tokens[i * k + beam[i, j], 1:].tolist()
@@ -102,6 +94,29 @@ def beam_search(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor,
     return [max(f)[1] if f else [] for f in finished]
 
 
+def best_continuations(logits: torch.Tensor, scores: torch.Tensor, banned: tuple[int, ...], eos: int,
+                       at_limit: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 2k best continuations of each of n sentences: (sentence log-prob, beam, word), each (n, 2k).
+
+    `logits` (n*k, V; overwritten) are the next-token logits of the k live hypotheses, whose log-probs are
+    `scores` (n, k); `banned` tokens never follow; a sentence `at_limit` may only end (EOS, log p 0). The
+    best 2k of a sentence are among the best 2k of each of its beams, so no (n, k*V) sum is formed; log p is
+    the logit minus the logsumexp, taken before banning (as log_softmax then banning would).
+    """
+    n, k = scores.shape
+    norm = logits.logsumexp(-1, keepdim=True)
+    logits[:, list(banned)] = float("-inf")
+    if any(at_limit):
+        rows = torch.tensor(at_limit, device=logits.device).repeat_interleave(k)
+        eos_only = torch.arange(logits.shape[1], device=logits.device) == eos
+        logits[rows] = torch.where(eos_only, norm[rows], float("-inf"))
+    w = min(2 * k, logits.shape[1])
+    row_top, row_word = logits.topk(w, dim=-1)  # (n*k, w)
+    total = (scores[:, :, None] + (row_top - norm).view(n, k, w)).view(n, k * w)
+    top, idx = total.topk(min(2 * k, k * w), dim=1)
+    return top, idx // w, row_word.view(n, k * w).gather(1, idx)
+
+
 def _done(finished: list[tuple[float, list[int]]], best_live: float, k: int) -> bool:
     """k hypotheses finished and none alive scores better than the best of them. fairseq stops at k
     finished alone, which can return a worse output than greedy search when EOS comes early; log-probs
@@ -117,6 +132,6 @@ def sequence_scores(model: ARTransformer, src: torch.Tensor, src_mask: torch.Ten
     limit = model.cfg.max_positions - 1
     tgt, mask = pad_batch([[bos] + h[:limit - 1] + [eos] for h in hyps], pad)
     tgt, mask = tgt.to(src.device), mask[:, 1:].to(src.device)
-    logp = F.log_softmax(model(src, src_mask, tgt[:, :-1]).float(), dim=-1)
-    token_logp = logp.gather(-1, tgt[:, 1:, None]).squeeze(-1)
+    logits = model(src, src_mask, tgt[:, :-1]).float()  # (rows, T, V); log p = logit - logsumexp, gathered
+    token_logp = logits.gather(-1, tgt[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)
     return (token_logp * mask).sum(1) / mask.sum(1)

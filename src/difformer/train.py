@@ -1,6 +1,7 @@
-"""Training loop for both model kinds: AdamW with inverse-sqrt warmup, token-count batches, accumulation,
-validation by BLEU, checkpoints (best k + last, see checkpoint.py), exact resume, and averaging of the best
-k at the end. The Difformer trains on difformer_loss, the autoregressive model on label-smoothed CE.
+"""Training loop for both model kinds: AdamW with warmup and a learning-rate schedule, token-count batches,
+accumulation, validation by BLEU, checkpoints (best k + last, see checkpoint.py), exact resume, and averaging
+of the best k at the end. The Difformer trains on difformer_loss, the autoregressive model on label-smoothed
+CE. On CUDA the statistics stay on the device until a log line, and the next batch is collated meanwhile.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from tqdm import tqdm
 
 from difformer import checkpoint, hub
 from difformer.checkpoint import State
-from difformer.config import Config, save_config
+from difformer.config import Config, TrainConfig, save_config
 from difformer.data.batching import pad_batch, token_batches
 from difformer.data.binarize import PairDataset
 from difformer.data.tokenizer import Tokenizer
@@ -28,7 +30,7 @@ from difformer.errors import DifformerError
 from difformer.generate import decode_ids
 from difformer.metrics import corpus_bleu, rouge
 from difformer.model.autoregressive import ar_loss
-from difformer.precision import autocast, resolve_precision
+from difformer.precision import allow_tf32, autocast, resolve_device, resolve_precision
 
 
 def collate(data: PairDataset, idx: list[int], tok: Tokenizer, max_len: int):
@@ -44,6 +46,23 @@ def inverse_sqrt_lr(update: int, lr: float, warmup: int) -> float:
         return lr
     u = max(update, 1)
     return lr * min(u / warmup, math.sqrt(warmup / u))
+
+
+def learning_rate(t: TrainConfig, update: int, seconds: float) -> float:
+    """train.lr_schedule at `update` (1-based) after `seconds` of training. The decaying ones are
+    lr x min(1, update / warmup) x decay(progress), reaching 0 at the end of the budget; the progress is the
+    larger of update / max_updates and seconds / max_minutes. A wall-clock budget makes the rate follow the
+    clock, so two such runs (or a run and its resume) are not bit-identical, and a budget changed on
+    --resume bends the decay from there."""
+    if t.lr_schedule == "inverse_sqrt":
+        return inverse_sqrt_lr(update, t.lr, t.warmup_updates)
+    progress = update / t.max_updates
+    if t.max_minutes > 0:
+        progress = max(progress, seconds / (t.max_minutes * 60))
+    progress = min(progress, 1.0)
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if t.lr_schedule == "cosine" else 1.0 - progress
+    warmup = min(1.0, update / t.warmup_updates) if t.warmup_updates else 1.0
+    return t.lr * warmup * decay
 
 
 def pair_lengths(data: PairDataset, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -69,9 +88,9 @@ def check_max_tokens(data: PairDataset, cfg: Config, split: str) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: bool = False, device: str = "cpu"):
+    def __init__(self, cfg: Config, resume: bool = False, device: str = "auto"):
         self.cfg, t = cfg, cfg.train
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.save_dir = Path(t.save_dir)
         self.ckpt_dir = self.save_dir / "checkpoints"
         data = Path(t.data)
@@ -82,11 +101,13 @@ class Trainer:
         cfg.model.vocab_size = self.tokenizer.vocab_size
         cfg.validate()
         self.train_data = PairDataset(data, "train")
+        self.target_lengths = pair_lengths(self.train_data, cfg)[1]  # per pair, BOS/EOS included: tokens/s
         self.valid_data = PairDataset(data, "valid") if _has_split(data, "valid") else None
         for split, split_data in (("train", self.train_data), ("valid", self.valid_data)):
             if split_data is not None:
                 check_max_tokens(split_data, cfg, split)
         self.precision = resolve_precision(t.precision, self.device)
+        allow_tf32(self.device, self.precision)
         torch.manual_seed(t.seed)
         self.model = hub.build_model(cfg.model).to(self.device)
         self.schedule = hub.build_schedule(cfg)
@@ -94,7 +115,9 @@ class Trainer:
         if t.init_from and not resume:  # on resume the checkpoint holds the weights
             warm = hub.init_from(self.model, t.init_from, data / "tokenizer.model")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=tuple(t.betas),
-                                           weight_decay=t.weight_decay)
+                                           weight_decay=t.weight_decay, fused=self.device.type == "cuda")
+        self._prefetch: ThreadPoolExecutor | None = None  # on CUDA, while train() runs
+        self._next: tuple[tuple[int, ...], Future] | None = None
         self.state = State()
         self.stop_signal: str | None = None
         self._last_log: dict = {}
@@ -107,8 +130,8 @@ class Trainer:
             print(f"init_from {t.init_from}: copied {len(warm[0])} tensors, left {len(warm[1])} as initialised",
                   file=sys.stderr)
 
-    def loss(self, src, src_mask, tgt, tgt_mask) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training objective of the model's kind for one batch: (loss, stats)."""
+    def loss(self, src, src_mask, tgt, tgt_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training objective of the model's kind for one batch: (loss, stats as device scalars)."""
         if self.schedule is None:
             return ar_loss(self.model, src, src_mask, tgt, tgt_mask, self.cfg.train.label_smoothing)
         return difformer_loss(self.model, self.schedule, self.cfg.diffusion, src, src_mask, tgt, tgt_mask)
@@ -118,7 +141,7 @@ class Trainer:
         if resume and last.exists():
             checkpoint.remove_partial_writes(self.ckpt_dir)
             name = checkpoint.read_last(self.ckpt_dir)
-            self.state = checkpoint.load(self.ckpt_dir / name, self.model, self.optimizer, self.cfg)
+            self.state = checkpoint.load(self.ckpt_dir / name, self.model, self.optimizer, self.cfg, self.device)
             _end_log_at_a_full_line(self.save_dir / "log.jsonl")
             hub.write_atomic(self.save_dir / "config.yaml", lambda p: save_config(self.cfg, p))  # budgets may differ
             self._log({"resumed_from": name})
@@ -147,16 +170,18 @@ class Trainer:
         the full schedule (no early stop) for a Difformer, greedy for an autoregressive model."""
         data, tok, cfg = self.valid_data, self.tokenizer, self.cfg
         self.model.eval()
-        totals: dict[str, float] = {}
-        with torch.random.fork_rng(devices=[]):
+        sums: dict[str, torch.Tensor] = {}
+        # the training device's generator is forked too: manual_seed reseeds it, and without the fork every
+        # validation would restart training's CUDA random stream from the same state
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(cfg.train.seed)
             batches = epoch_batches(data, cfg, 0)
             for idx in batches:
-                batch = [x.to(self.device) for x in collate(data, idx, tok, cfg.model.max_positions)]
                 with autocast(self.precision, self.device):
-                    _, stats = self.loss(*batch)
+                    _, stats = self.loss(*self._on_device(self._collate(data, idx)))
                 for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + v / len(batches)
+                    sums[k] = sums.get(k, 0.0) + v.double()
+        totals = dict(zip(sums, (torch.stack(list(sums.values())) / len(batches)).tolist()))  # one sync
         n = min(cfg.train.valid_bleu_sentences, len(data))
         limit = cfg.model.max_positions - 1
         sources = [data.src(i)[:limit].tolist() for i in range(n)]
@@ -185,7 +210,7 @@ class Trainer:
             self.state.best.sort(key=lambda b: -b[0])
             self.state.best = self.state.best[: self.cfg.train.keep_best]
         keep = {n for _, n in self.state.best[: self.cfg.train.keep_best]}
-        checkpoint.save(self.ckpt_dir, name, self.model, self.optimizer, self.state, self.cfg, keep)
+        checkpoint.save(self.ckpt_dir, name, self.model, self.optimizer, self.state, self.cfg, keep, self.device)
 
     # ---- the loop ----------------------------------------------------------------------------------
 
@@ -199,6 +224,7 @@ class Trainer:
                    disable=None)
         clock, seconds0, window = time.monotonic(), st.seconds, _Window()
         saved_at = st.update
+        self._prefetch = ThreadPoolExecutor(1) if self.device.type == "cuda" else None
         try:
             while st.update < t.max_updates and not self._out_of_time() and self.stop_signal is None:
                 stats, batches = self._update(batches, window)
@@ -208,7 +234,8 @@ class Trainer:
                 bar.update(1)
                 if st.update % t.log_every == 0:
                     self._log({**window.flush(st.seconds), "lr": self.optimizer.param_groups[0]["lr"]})
-                    bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                    bar.set_postfix(loss=f"{self._last_log['loss']:.3f}",
+                                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                     tok_s=f"{self._last_log.get('tokens_per_second', 0):.0f}")
                 if st.update % t.validate_every == 0:
                     self._validate_and_save()
@@ -217,6 +244,9 @@ class Trainer:
                 self._validate_and_save()
         finally:
             bar.close()
+            if self._prefetch is not None:
+                self._prefetch.shutdown(cancel_futures=True)
+                self._prefetch = self._next = None
             for s, h in handlers.items():
                 signal.signal(s, h)
         if self.stop_signal is not None:
@@ -226,32 +256,54 @@ class Trainer:
             return self.ckpt_dir
         return self.finish()
 
+    def _collate(self, data: PairDataset, idx: list[int]) -> list[torch.Tensor]:
+        """`collate`, in pinned memory on CUDA (so that the copy to the device need not wait)."""
+        batch = collate(data, idx, self.tokenizer, self.cfg.model.max_positions)
+        return [x.pin_memory() for x in batch] if self.device.type == "cuda" else list(batch)
+
+    def _on_device(self, batch: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [x.to(self.device, non_blocking=True) for x in batch]
+
+    def _batch(self, batches: list[list[int]], i: int) -> list[torch.Tensor]:
+        """Batch i of the epoch on the device; on CUDA the next one is collated meanwhile, in a thread."""
+        key = tuple(batches[i])
+        if self._next is not None and self._next[0] == key:
+            ready = self._next[1].result()
+        else:
+            ready = self._collate(self.train_data, batches[i])
+        self._next = None
+        if self._prefetch is not None and i + 1 < len(batches):
+            self._next = (tuple(batches[i + 1]), self._prefetch.submit(self._collate, self.train_data, batches[i + 1]))
+        return self._on_device(ready)
+
     def _update(self, batches: list[list[int]], window: "_Window"):
-        """One optimizer update over update_freq batches; returns (stats or None if skipped, batches)."""
+        """One optimizer update over update_freq batches; returns (stats or None if skipped, batches).
+
+        The stats stay on the device; the one synchronisation per update is the finite check that decides
+        whether the optimizer may step.
+        """
         t, st = self.cfg.train, self.state
         self.optimizer.zero_grad(set_to_none=True)
-        stats: dict[str, float] = {}
+        stats: dict[str, torch.Tensor] = {}
         tokens = 0
         for _ in range(t.update_freq):
             if st.batch >= len(batches):
                 st.epoch, st.batch = st.epoch + 1, 0
                 batches = epoch_batches(self.train_data, self.cfg, st.epoch)
-            idx = batches[st.batch]
+            src, src_mask, tgt, tgt_mask = self._batch(batches, st.batch)
+            tokens += int(self.target_lengths[batches[st.batch]].sum())
             st.batch += 1
-            src, src_mask, tgt, tgt_mask = (x.to(self.device) for x in
-                                            collate(self.train_data, idx, self.tokenizer, self.cfg.model.max_positions))
             with autocast(self.precision, self.device):
                 loss, s = self.loss(src, src_mask, tgt, tgt_mask)
             (loss / t.update_freq).backward()
             for k, v in s.items():
                 stats[k] = stats.get(k, 0.0) + v / t.update_freq
-            tokens += int(tgt_mask.sum())
         for g in self.optimizer.param_groups:
-            g["lr"] = inverse_sqrt_lr(st.update + 1, t.lr, t.warmup_updates)
+            g["lr"] = learning_rate(t, st.update + 1, st.seconds)
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_norm)
-        if not (math.isfinite(stats["loss"]) and torch.isfinite(gnorm)):
+        if not bool(torch.isfinite(stats["loss"] + gnorm)):
             st.bad_steps += 1
-            self._log({"skipped_update": st.update + 1, "loss": stats["loss"], "grad_norm": float(gnorm)})
+            self._log({"skipped_update": st.update + 1, "loss": float(stats["loss"]), "grad_norm": float(gnorm)})
             if st.bad_steps >= t.max_bad_updates:
                 raise DifformerError(f"{st.bad_steps} updates in a row had a non-finite loss or gradient; "
                                      f"stopped. The last good checkpoint is in {self.ckpt_dir}")
@@ -260,7 +312,7 @@ class Trainer:
         st.update += 1
         st.bad_steps = 0
         st.tokens += tokens
-        window.add(stats, float(gnorm), tokens)
+        window.add({**stats, "grad_norm": gnorm.detach()}, tokens)
         return stats, batches
 
     def _out_of_time(self) -> bool:
@@ -325,22 +377,24 @@ class Trainer:
 
 
 class _Window:
-    """Running means of the training stats between two log lines, and the tokens per second."""
+    """Running means of the training stats between two log lines (summed on the device, read at the log
+    line), and the tokens per second."""
 
     def __init__(self):
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
         self.n = self.tokens = 0
         self.start = time.monotonic()
 
-    def add(self, stats: dict[str, float], grad_norm: float, tokens: int) -> None:
-        for k, v in {**stats, "grad_norm": grad_norm}.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
+    def add(self, stats: dict[str, torch.Tensor], tokens: int) -> None:
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.float()
         self.n += 1
         self.tokens += tokens
 
     def flush(self, seconds: float) -> dict[str, float]:
         now = time.monotonic()
-        out = {k: v / max(self.n, 1) for k, v in self.sums.items()}
+        means = (torch.stack(list(self.sums.values())) / max(self.n, 1)).tolist() if self.sums else []
+        out = dict(zip(self.sums, means))  # one synchronisation per log line
         out["tokens_per_second"] = self.tokens / max(now - self.start, 1e-9)
         out["seconds"] = seconds
         self.sums, self.n, self.tokens, self.start = {}, 0, 0, now
@@ -365,5 +419,5 @@ def _has_split(data: Path, split: str) -> bool:
     return split in info.get("splits", {}) and info["splits"][split].get("pairs", 0) > 0
 
 
-def train(cfg: Config, resume: bool = False, device: str = "cpu") -> Path:
+def train(cfg: Config, resume: bool = False, device: str = "auto") -> Path:
     return Trainer(cfg, resume=resume, device=device).train()

@@ -1,20 +1,21 @@
-"""Few-step decoding: length prediction, candidate expansion (length beam x noise beam), DDPM/DDIM sampling.
+"""Few-step decoding: length prediction, candidate expansion (length beam x noise beam), the denoising loop.
 
-All l x n candidates of a batch are decoded as one batch; the encoder runs and the cross-attention keys
-and values are computed once per source. The network is called once per step; the schedule's `step` does the rest. Each candidate draws its noise from its own
-generator, seeded by its source tokens, the decoding seed and its index, so a sentence's output does not
-depend on the batch it is decoded in, its padding, its place in the input or the device.
+All l x n candidates of a batch of sources are decoded together (on a CPU in groups of similar length);
+the encoder runs and the cross-attention keys and values are computed once per source. The network is
+called once per step; the scheduler (DDPM or DDIM, schedulers.py) does the rest. Each candidate's noise is a function of its source tokens, the
+decoding seed, its index, the step and the position (noise.py), computed on the device: a sentence's
+output does not depend on the batch it is decoded in, its padding, its place in the input or the device.
 """
 from __future__ import annotations
 
-import hashlib
-import struct
 from dataclasses import dataclass
 
 import torch
 
 from difformer.config import DecodeConfig
+from difformer.diffusion.noise import candidate_keys, gaussian
 from difformer.diffusion.schedule import Schedule
+from difformer.diffusion.schedulers import Scheduler, make_sampler
 from difformer.model.difformer import Difformer, predict_lengths
 
 
@@ -25,82 +26,88 @@ class Candidates:
     scores: torch.Tensor  # (B, C) mean token log-probability of the argmax tokens
 
 
-class CandidateNoise:
-    """Standard Gaussian noise, one CPU generator per candidate, zero beyond the candidate's length."""
-
-    def __init__(self, src: torch.Tensor, src_mask: torch.Tensor, lengths: torch.Tensor, seed: int):
-        copies = lengths.shape[0] // src.shape[0]
-        sources = [[t for t, m in zip(row, keep) if m] for row, keep in zip(src.tolist(), src_mask.tolist())]
-        self.generators = [torch.Generator().manual_seed(candidate_seed(tokens, seed, c))
-                           for tokens in sources for c in range(copies)]
-        self.lengths = lengths.tolist()
-
-    def __call__(self, like: torch.Tensor) -> torch.Tensor:
-        """Noise shaped like `like` (candidates, L, e), on its device and in its dtype."""
-        noise = torch.zeros(like.shape)
-        for row, (generator, n) in enumerate(zip(self.generators, self.lengths)):
-            noise[row, :n] = torch.randn((n, like.shape[-1]), generator=generator)
-        return noise.to(device=like.device, dtype=like.dtype)
-
-
-def candidate_seed(source: list[int], seed: int, index: int) -> int:
-    """A 64-bit seed from the source tokens, the decoding seed and the candidate's index."""
-    data = struct.pack(f"<2q{len(source)}q", seed, index, *source)
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-
-
 @torch.no_grad()
-def denoise_loop(model: Difformer, schedule: Schedule, cross_kv: list[torch.Tensor], src_mask: torch.Tensor,
-                 tgt_mask: torch.Tensor, cfg: DecodeConfig, noise: CandidateNoise,
+def denoise_loop(model: Difformer, sampler: Scheduler, cross_kv: list[torch.Tensor], src_mask: torch.Tensor,
+                 tgt_mask: torch.Tensor, cfg: DecodeConfig, keys: torch.Tensor,
                  trace: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """Run K reverse steps from z_T ~ N(0, I) (sampling uses F = 1); return the last z0_hat (N, L, e).
+    """Run the sampler's steps from z_T ~ N(0, I) (sampling uses F = 1); return the last z0_hat (N, L, e).
 
-    With `trace`, each step's z0_hat is appended to it (for the trajectory analysis).
+    `keys` (N, 2) are the candidates' noise keys (noise.candidate_keys). With `trace`, each step's z0_hat
+    is appended to it (for the trajectory analysis).
     """
     N, L = tgt_mask.shape
-    z = noise(torch.empty((N, L, model.cfg.embed_dim), device=src_mask.device))
+    shape, lengths = (N, L, model.cfg.embed_dim), tgt_mask.sum(1)
+    z = gaussian(keys, 0, lengths, shape)  # draw 0: z_T; draw i + 1: the noise of step i
     p = torch.zeros_like(z)
-    ts = schedule.timesteps_for(cfg.steps)
-    last = cfg.early_stop or cfg.steps
-    for i, t in enumerate(ts[:last]):
-        time = schedule.model_time(torch.full((N,), t, device=z.device))
+    last = len(sampler.timesteps)
+    for i in range(last):
+        time = sampler.model_times[0 if cfg.cond_enhance else i].expand(N)
         z0_hat = model.denoise(z, p, time, tgt_mask, None, src_mask, cross_kv).float()
         if cfg.clamp:  # snap to the nearest-by-logit word embedding
             z0_hat = model.embed_target(model.logits(z0_hat).argmax(-1)).float()
         if trace is not None:
             trace.append(z0_hat)
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         if i + 1 < last:
-            fresh = noise(z) if cfg.sampler == "ddpm" and t_prev >= 0 else None
-            z = schedule.step(z0_hat, z, t, t_prev, cfg.sampler, fresh)
+            fresh = gaussian(keys, i + 1, lengths, shape) if sampler.needs_noise(i) else None
+            z = sampler.step(i, z0_hat, z, fresh)
         p = z0_hat
     return z0_hat
+
+
+def length_groups(lengths: list[int], min_tokens: float, slack: int = 2) -> list[list[int]]:
+    """Candidate rows grouped by length, longest first, so that the network computes few padded positions:
+    a group closes where a row is more than `slack` shorter than the group's longest, once the group holds
+    `min_tokens` positions (so its matrix products stay large). min_tokens inf: one group, input order."""
+    if min_tokens == float("inf"):
+        return [list(range(len(lengths)))]
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and (lengths[groups[-1][0]] - lengths[i] <= slack
+                       or len(groups[-1]) * lengths[groups[-1][0]] < min_tokens):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+# positions per length group on a CPU; elsewhere one group: a GPU is bound by kernel launches, not padding
+CPU_GROUP_TOKENS = 2048
 
 
 @torch.no_grad()
 def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor, src_mask: torch.Tensor,
                         cfg: DecodeConfig, trace: list[torch.Tensor] | None = None) -> Candidates:
-    """Encode once, predict lengths, expand to l x n candidates per source and denoise them in one batch.
+    """Encode once, predict lengths, expand to l x n candidates per source and denoise them, on a CPU in
+    groups of similar length (see `length_groups`).
 
-    With `trace`, each step's z0_hat (B*C, L, e) is appended to it, as in `denoise_loop`.
+    With `trace`, each step's z0_hat (B*C, L, e) is appended to it, as in `denoise_loop` (one group).
     """
-    B = src.shape[0]
+    B, device = src.shape[0], src.device
     l, n = cfg.length_beam, cfg.noise_beam
+    C = l * n
     memory, length_logits = model.encode(src, src_mask)
     lengths = predict_lengths(length_logits.float(), src_mask.sum(1), l, model.cfg.max_positions,
                               model.cfg.length_offset)  # (B, l)
-    lengths = lengths.repeat_interleave(n, dim=1).reshape(-1)  # (B*l*n,)
-    noise = CandidateNoise(src, src_mask, lengths, cfg.seed)  # seeded by each source's own tokens
+    lengths = lengths.repeat_interleave(n, dim=1).reshape(-1)  # (B*C,): candidate c of source b is b*C + c
+    keys = candidate_keys(src, src_mask, C, cfg.seed)  # from each source's own tokens
+    sampler = make_sampler(cfg.sampler, schedule)
+    sampler.set_timesteps(cfg.steps, cfg.early_stop, device)
     # the decoder layers' cross-attention keys/values: once per source, not per candidate and step
-    cross_kv = [kv.repeat_interleave(l * n, dim=1) for kv in model.cross_keys_values(memory)]
-    src_mask = src_mask.repeat_interleave(l * n, dim=0)
-    L = int(lengths.max())
-    tgt_mask = torch.arange(L, device=src.device)[None, :] < lengths[:, None]  # (B*C, L)
-
-    z0_hat = denoise_loop(model, schedule, cross_kv, src_mask, tgt_mask, cfg, noise, trace)
+    cross_kv = model.cross_keys_values(memory)
+    sizes = lengths.tolist()
+    L = max(sizes)
+    z0_hat = torch.zeros(B * C, L, model.cfg.embed_dim, device=device)
+    cpu = device.type == "cpu" and trace is None
+    for group in length_groups(sizes, CPU_GROUP_TOKENS if cpu else float("inf")):
+        rows = torch.tensor(group, device=device)
+        sources = rows // C
+        n_pos = max(sizes[i] for i in group)
+        mask = torch.arange(n_pos, device=device)[None, :] < lengths[rows][:, None]
+        z0_hat[rows, :n_pos] = denoise_loop(model, sampler, [kv.index_select(1, sources) for kv in cross_kv],
+                                            src_mask.index_select(0, sources), mask, cfg, keys[rows], trace)
+    tgt_mask = torch.arange(L, device=device)[None, :] < lengths[:, None]  # (B*C, L)
     logits = model.logits(z0_hat).float()  # (B*C, L, V)
     top, tokens = logits.max(-1)
-    best = top - logits.logsumexp(-1)  # the argmax token's log-probability, without a (B*C, L, V) log-softmax
+    best = top - logits.logsumexp(-1)  # the argmax token's log-probability; no log-softmax is kept
     scores = (best * tgt_mask).sum(1) / lengths
-    C = l * n
     return Candidates(tokens.view(B, C, L), lengths.view(B, C), scores.view(B, C))

@@ -1,4 +1,5 @@
-"""Noise schedules, forward noising with the noise factor F, and the reverse-step posteriors.
+"""Noise schedules and forward noising with the noise factor F; the samplers that walk them backwards are
+in schedulers.py.
 
 Kept apart from the network (as diffusers does) so a sampler can be added without touching the model.
 All schedule arithmetic is float64; tensors handed to the model are float32.
@@ -38,11 +39,12 @@ def vp_rescale(alphas_cumprod: torch.Tensor, noise_factor: float) -> torch.Tenso
 
 
 class Schedule:
-    """A T-step Gaussian schedule. `add_noise` is training's q(z_t | z0); `step` is one reverse step."""
+    """A T-step Gaussian schedule. `add_noise` is training's q(z_t | z0)."""
 
     def __init__(self, name: str = "sqrt", timesteps: int = 2000):
         self.timesteps = timesteps
         self.alphas_cumprod = make_alphas_cumprod(name, timesteps)  # (T,) float64
+        self._abar_device = self.alphas_cumprod  # a copy on the training device, made once, not every step
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """What the network is fed for step t: t * 1000 / T."""
@@ -51,7 +53,9 @@ class Schedule:
     def add_noise(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, noise_factor: float = 1.0,
                   mode: str = "scale") -> torch.Tensor:
         """z_t = sqrt(abar_t) z0 + F sqrt(1 - abar_t) eps ("scale"), or the VP schedule with the same SNR."""
-        abar = self.alphas_cumprod.to(z0.device)[t]  # (B,)
+        if self._abar_device.device != z0.device:
+            self._abar_device = self.alphas_cumprod.to(z0.device)
+        abar = self._abar_device[t]  # (B,)
         if mode == "vp":
             abar, noise_factor = vp_rescale(abar, noise_factor), 1.0
         a = abar.sqrt().float()[:, None, None]
@@ -64,26 +68,3 @@ class Schedule:
             raise ValueError(f"steps ({steps}) exceeds the schedule's {self.timesteps} timesteps")
         ts = torch.linspace(self.timesteps - 1, 0, steps, dtype=torch.float64).round().long()
         return ts.tolist()
-
-    def step(self, z0_hat: torch.Tensor, z_t: torch.Tensor, t: int, t_prev: int, sampler: str,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Move z_t at step t to step t_prev (< t; -1 means the clean end) given the prediction z0_hat.
-
-        DDPM samples the posterior q(z_prev | z_t, z0_hat) of the strided schedule with its fixed-small
-        variance, with the standard Gaussian `noise` (needed unless t_prev is -1); DDIM (eta = 0)
-        re-noises z0_hat deterministically with the implied noise.
-        """
-        abar_t = self.alphas_cumprod[t].item()
-        abar_s = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
-        if sampler == "ddim":
-            eps = (z_t - math.sqrt(abar_t) * z0_hat) / math.sqrt(1.0 - abar_t)
-            return math.sqrt(abar_s) * z0_hat + math.sqrt(1.0 - abar_s) * eps
-        alpha_ts = abar_t / abar_s  # the strided step's alpha
-        beta_ts = 1.0 - alpha_ts
-        coef_z0 = math.sqrt(abar_s) * beta_ts / (1.0 - abar_t)
-        coef_zt = math.sqrt(alpha_ts) * (1.0 - abar_s) / (1.0 - abar_t)
-        mean = coef_z0 * z0_hat + coef_zt * z_t
-        if t_prev < 0:
-            return mean
-        var = beta_ts * (1.0 - abar_s) / (1.0 - abar_t)
-        return mean + math.sqrt(var) * noise

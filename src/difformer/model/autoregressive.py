@@ -88,7 +88,7 @@ def reorder_cache(cache: list[dict], rows: torch.Tensor, source_rows: torch.Tens
 
 
 def ar_loss(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor, tgt: torch.Tensor,
-            tgt_mask: torch.Tensor, label_smoothing: float) -> tuple[torch.Tensor, dict[str, float]]:
+            tgt_mask: torch.Tensor, label_smoothing: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Label-smoothed cross-entropy of y EOS given BOS y (teacher forcing), per target token.
 
     `tgt` is BOS y EOS padded, as collate builds it for both model kinds. The stats carry the plain NLL
@@ -100,10 +100,10 @@ def ar_loss(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor, tgt
     nll = -logp.gather(-1, gold[..., None]).squeeze(-1)  # (B, T-1)
     smooth = -logp.mean(-1)  # the uniform part of the smoothed target, as F.cross_entropy computes it
     loss = (((1 - label_smoothing) * nll + label_smoothing * smooth) * mask).sum() / n
-    with torch.no_grad():
-        stats = {"loss": loss.item(), "nll": ((nll * mask).sum() / n).item()}
+    with torch.no_grad():  # detached device scalars, as difformer_loss's
+        stats = {"loss": loss.detach(), "nll": (nll * mask).sum() / n}
         if not model.training:
-            stats["acc"] = (((logp.argmax(-1) == gold) & mask).sum() / n).item()
+            stats["acc"] = ((logp.argmax(-1) == gold) & mask).sum() / n
     return loss, stats
 
 

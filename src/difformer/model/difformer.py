@@ -81,16 +81,21 @@ class Difformer(nn.Module):
         same at every step, so they are computed once per source."""
         return [layer.cross_attn.keys_values(memory) for layer in self.decoder]
 
+    def decoder_input(self, z_t: torch.Tensor, p: torch.Tensor, t: torch.Tensor, normalize: bool = True,
+                      ) -> torch.Tensor:
+        """What the decoder layers see (B, T, d): z_t and p through proj_in and in_mlp, plus the step's
+        features and the positions, then the embedding layer normalization ("input" placement)."""
+        pos = torch.arange(z_t.shape[1], device=z_t.device)
+        h = self.in_mlp(torch.cat([self.proj_in(z_t), self.proj_in(p)], dim=-1))
+        h = h + self.time_mlp(timestep_features(t, self.cfg.d_model))[:, None, :] + self.dec_pos(pos)
+        return self.input_norm(h) if normalize else h
+
     def denoise(self, z_t: torch.Tensor, p: torch.Tensor, t: torch.Tensor, tgt_mask: torch.Tensor,
                 memory: torch.Tensor | None, src_mask: torch.Tensor,
                 cross_kv: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Predict z0 (B, T, e) from z_t and p (B, T, e) at model time t (B,); `cross_kv` (from
         `cross_keys_values`) stands in for memory."""
-        d = self.cfg.d_model
-        pos = torch.arange(z_t.shape[1], device=z_t.device)
-        h = self.in_mlp(torch.cat([self.proj_in(z_t), self.proj_in(p)], dim=-1))  # (B, T, d)
-        h = h + self.time_mlp(timestep_features(t, d))[:, None, :] + self.dec_pos(pos)
-        h = self.dropout(self.input_norm(h))
+        h = self.dropout(self.decoder_input(z_t, p, t))
         for i, layer in enumerate(self.decoder):
             h = layer(h, tgt_mask, memory, src_mask, cross_kv=None if cross_kv is None else cross_kv[i])
         return self.proj_out(self.dec_norm(h))
