@@ -5,10 +5,16 @@ three per email), next to the lead baseline (the email's first words).
     python bench/aeslc.py                          # 25 minutes of the multi30k preset, untuned for this task
     python bench/aeslc.py --tag aeslc-25min-abslen model.length_offset=false   # lengths predicted outright
     python bench/aeslc.py --tag lr1e-3 train.lr=1e-3   # an experiment, recorded under its tag
+    python bench/aeslc.py --side-by-side           # the `aeslc-ar` teacher, distillation, and the `aeslc`
+                                                   # Difformer on raw and distilled subjects, in one run
 
 Emails are cut to the preset's 128 positions (126 subwords) in training and decoding; subjects are about
 4 words. Resumable: a finished run is recorded in results/aeslc.json and skipped next time; a killed run
 continues from its last checkpoint. One training at a time: two on 2 cores distort both.
+
+--side-by-side runs its stages in order, each recorded in results/aeslc.json when done and skipped next
+time: ar-25min (`aeslc-ar`, beam 4), distill (the training emails decoded by it, beam 4),
+difformer-raw-25min and difformer-distilled-25min (`aeslc`; 1x1, and 7x3 reranked by the teacher).
 """
 from __future__ import annotations
 
@@ -17,12 +23,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import commit, load_results, save_results, timed  # noqa: E402
+from common import command, commit, load_results, machine, save_results, timed  # noqa: E402
 from multi30k import train_run, training_record  # noqa: E402
 
 from difformer.config import load_config  # noqa: E402
 from difformer.data.corpus import read_lines  # noqa: E402
 from difformer.data.prepare import prepare  # noqa: E402
+from difformer.distill import distill  # noqa: E402
 from difformer.generate import load  # noqa: E402
 from difformer.metrics import rouge  # noqa: E402
 
@@ -73,7 +80,50 @@ def markdown(results: dict) -> str:
         lines += ["", f"`{tag}`: `{r['command']}` (commit {r['commit']}; {r['machine']})",
                   f"ROUGE signatures: `{r['rouge']['original']['signature']}`, "
                   f"`{r['rouge']['annotations']['signature']}`"]
+    lines += side_by_side_markdown(results)
     return "\n".join(lines) + "\n"
+
+
+def side_by_side_markdown(results: dict) -> list[str]:
+    side = results.get("side_by_side", {})
+    if not side:
+        return []
+    teacher = next((r["train_minutes"] for t, r in side.items() if t.startswith("ar-")), 0)
+    dist = side.get("distill", {}).get("distill_minutes", 0)
+    ref = results["reference_words"]
+    lines = ["", "## Side by side: the teacher, distillation and the Difformer "
+             "(`python bench/aeslc.py --side-by-side`)",
+             "", f"Reference subjects average {ref['original']} words (original) and {ref['annotations']} "
+             "(annotations).", "",
+             "| system | min (with teacher + distillation) | updates | decoding | R-1 / R-2 / R-L original | "
+             "R-1 / R-2 / R-L annotations | output words | emails/s |", "|---|---|---|---|---|---|---|---|"]
+    if "lead" in results:
+        s = results["lead"]
+        lines.append(f"| lead-{LEAD_WORDS} | - | - | - | {_r(s['original'])} | {_r(s['annotations'])} | "
+                     f"{LEAD_WORDS} | - |")
+    for tag, r in side.items():
+        if tag == "distill":
+            continue
+        total = round(r["train_minutes"] + teacher + dist, 1) if "distilled" in tag else r["train_minutes"]
+        for row in r["results"]:
+            lines.append(f"| {tag} | {r['train_minutes']} ({total}) | {r['updates']} | {row['decoding']} | "
+                         f"{_r(row['rouge']['original'])} | {_r(row['rouge']['annotations'])} | "
+                         f"{row['output_words']} | {row['emails_per_second']} |")
+    if "distill" in side:
+        d = side["distill"]
+        lines += ["", f"Distillation: {d['pairs']:,} training emails decoded by the teacher ({d['decoding']}) in "
+                  f"{d['distill_minutes']} minutes; teacher BLEU against the training subjects "
+                  f"{d['teacher_bleu_vs_train_references']}."]
+    for tag, r in side.items():
+        if tag == "distill":
+            continue
+        lines += ["", f"`{tag}` ({r['preset']}, commit {r['commit']}; {r['machine']}):", "",
+                  "| email | subject | " + " | ".join(row["decoding"] for row in r["results"]) + " |",
+                  "|---|---|" + "---|" * len(r["results"])]
+        for i, e in enumerate(r["results"][0]["examples"]):
+            outputs = [row["examples"][i]["output"] for row in r["results"]]
+            lines.append("| " + " | ".join(_cell(x) for x in (e["email"][:100], e["subject"], *outputs)) + " |")
+    return lines
 
 
 def _cell(text: str) -> str:
@@ -84,6 +134,82 @@ def _r(s: dict) -> str:
     return f"{s['rouge1']} / {s['rouge2']} / {s['rougeL']}"
 
 
+SIDE_BY_SIDE_AR = {"beam 4": {"beam": 4}}
+SIDE_BY_SIDE_DIFFUSION = {"1x1": {"length_beam": 1, "noise_beam": 1},
+                          "7x3 teacher rerank": {"length_beam": 7, "noise_beam": 3, "selection": "ar"}}
+
+
+def words(lines: list[str]) -> float:
+    return round(sum(len(x.split()) for x in lines) / max(len(lines), 1), 2)
+
+
+def decode_rows(model_dir: Path, emails: list[str], subjects: list[str], references: dict, settings: dict,
+                reranker: Path | None = None) -> list[dict]:
+    """Each decoding of the test emails: ROUGE against both reference sets, output length, speed, examples."""
+    pipe = load(model_dir, device="cpu", reranker=reranker)  # a CPU benchmark, also on a machine with a GPU
+    rows = []
+    for name, options in settings.items():
+        with timed() as t:
+            hyps = pipe.generate(emails, **options)
+        rows.append({"decoding": name, "setting": pipe.describe(pipe.decode_config(**options)),
+                     "precision": pipe.precision, "rouge": scores(hyps, references), "output_words": words(hyps),
+                     "emails_per_second": round(len(emails) / t["wall"], 1), "decode_commit": commit(),
+                     "examples": [{"email": e, "subject": s, "output": h}
+                                  for e, s, h in list(zip(emails, subjects, hyps))[:5]]})
+        print(f"  {name}: ROUGE {_r(rows[-1]['rouge']['original'])} (original)", flush=True)
+    return rows
+
+
+def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], subjects: list[str],
+                 references: dict) -> None:
+    data = args.work / "aeslc"
+    prepared(args.data, data, load_config("aeslc").model.max_positions - 2)
+    work = args.work / "aeslc-teacher"
+    teacher = work / "runs" / f"ar-{args.minutes:g}min" / "model"
+    side = results.setdefault("side_by_side", {})
+    results["reference_words"] = {"original": words(subjects),
+                                  "annotations": words([a for ann in references["annotations"] for a in ann])}
+
+    def train_stage(tag: str, preset: str, train_data: Path, settings: dict, reranker: Path | None) -> None:
+        run = work / "runs" / tag
+        cfg = load_config(preset, [f"train.data={train_data}", f"train.save_dir={run}",
+                                   f"train.max_minutes={args.minutes}"])
+        started = run / "commit.txt"  # the code the run was started with, kept across resumes
+        if not started.exists():
+            run.mkdir(parents=True, exist_ok=True)
+            started.write_text(commit())
+        train_time = train_run(cfg, run, tag)
+        side[tag] = {**training_record(run, train_time, started.read_text().strip()), "preset": preset,
+                     "data": str(train_data),
+                     "results": decode_rows(run / "model", emails, subjects, references, settings, reranker)}
+
+    def distill_stage() -> None:
+        dest = work / "aeslc-distilled"
+        with timed() as t:
+            info = distill(teacher, data, dest, beam=4, device="cpu", force=dest.exists())
+        d = info["distilled"]
+        side["distill"] = {"decoding": d["decoding"], "distill_minutes": round(d["seconds"] / 60, 1),
+                           "process_cpu_minutes": round(t["cpu"] / 60, 1), "pairs": info["splits"]["train"]["pairs"],
+                           "teacher_bleu_vs_train_references": d["teacher_bleu_vs_references"],
+                           "machine": machine(), "commit": commit(), "command": command()}
+
+    m = f"{args.minutes:g}min"
+    stages = {f"ar-{m}": lambda: train_stage(f"ar-{m}", "aeslc-ar", data, SIDE_BY_SIDE_AR, None),
+              "distill": distill_stage,
+              f"difformer-raw-{m}": lambda: train_stage(f"difformer-raw-{m}", "aeslc", data,
+                                                        SIDE_BY_SIDE_DIFFUSION, teacher),
+              f"difformer-distilled-{m}": lambda: train_stage(f"difformer-distilled-{m}", "aeslc",
+                                                              work / "aeslc-distilled", SIDE_BY_SIDE_DIFFUSION,
+                                                              teacher)}
+    for tag, stage in stages.items():
+        if tag in side:
+            print(f"{tag}: recorded in results/aeslc.json; skipped")
+            continue
+        print(f"{tag}: running", flush=True)
+        stage()
+        save_results("aeslc", results, markdown(results))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
@@ -92,12 +218,17 @@ def main() -> None:
     p.add_argument("--config", default="multi30k")
     p.add_argument("--minutes", type=float, default=25.0)
     p.add_argument("--tag", help="name of the run in the results (default: aeslc-<minutes>min)")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="the teacher, distillation and both Difformers in one run (see above)")
     args = p.parse_args()
     tag = args.tag or f"aeslc-{args.minutes:g}min"
     results = load_results("aeslc")
     emails, subjects = text_lines(args.data / "test.src"), text_lines(args.data / "test.tgt")
     references = {"original": [subjects], "annotations": [text_lines(args.data / f"test.ann{i}") for i in range(3)]}
     results["lead"] = scores([" ".join(e.split()[:LEAD_WORDS]) for e in emails], references)
+    if args.side_by_side:
+        side_by_side(args, results, emails, subjects, references)
+        return
     if tag in results.get("runs", {}):
         print(f"{tag}: already recorded in bench/results/aeslc.json; delete it there to rerun")
         save_results("aeslc", results, markdown(results))
@@ -108,7 +239,7 @@ def main() -> None:
     prepared(args.data, data, cfg.model.max_positions - 2)
     code = commit()
     train_time = train_run(cfg, run, tag)
-    pipe = load(run / "model")
+    pipe = load(run / "model", device="cpu")  # a CPU benchmark, also on a machine with a GPU
     with timed() as t:
         hyps = pipe.generate(emails)
     decoding = pipe.decode_config()

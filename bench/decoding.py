@@ -74,7 +74,7 @@ def main() -> None:
     results.update({"model": str(args.model), "machine": machine(), "commit": commit(), "command": command()})
     results.setdefault("rows", {})
     for precision in args.precision.split(","):
-        pipe = load(args.model, precision=precision)
+        pipe = load(args.model, device="cpu", precision=precision)  # a CPU benchmark
         for s in settings():
             beams = f"{s['length_beam']}x{s['noise_beam']}"
             if (precision == "fp32" or args.grid == "compare") and not compared(s):

@@ -38,7 +38,7 @@ def prepared(data: Path, work: Path) -> Path:
 
 
 def decode_test(model_dir: Path, data: Path, settings: list[str]) -> list[dict]:
-    pipe = load(model_dir)
+    pipe = load(model_dir, device="cpu")  # a CPU benchmark, also on a machine with a GPU
     sources = (data / "test.de").read_text(encoding="utf-8").splitlines()
     refs = (data / "test.en").read_text(encoding="utf-8").splitlines()
     rows = []
@@ -63,7 +63,7 @@ def train_run(cfg: Config, run: Path, tag: str) -> dict | None:
         return None
     resumed = (run / "checkpoints" / "last.json").exists()
     with timed() as t:
-        train(cfg, resume=resumed)
+        train(cfg, resume=resumed, device="cpu")
     if not (run / "model" / "model.safetensors").exists():  # stopped by a signal: checkpoint saved
         sys.exit(f"{tag}: training stopped; run the same command again to continue from its checkpoint")
     return None if resumed else t

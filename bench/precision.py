@@ -35,7 +35,7 @@ def tokens_per_second(config: str, data: Path, overrides: list[str], steps: int,
     save = Path(tempfile.mkdtemp())
     try:
         cfg = load_config(config, [f"train.data={data}", f"train.save_dir={save / 'run'}", *overrides])
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, device="cpu")
         batches = epoch_batches(trainer.train_data, cfg, 0)[: warmup + steps]
         tokens, start = 0, 0.0
         for i, idx in enumerate(batches):
