@@ -67,7 +67,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML config file or preset name")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.add_argument("--resume", action="store_true", help="continue the run in train.save_dir")
-    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present, else CPU), cpu, cuda")
+    _add_device(p)
     _add_threads(p)
     p.set_defaults(func=_run_train)
 
@@ -110,7 +110,7 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=int, default=2000, help="sources per resumable chunk")
     p.add_argument("--force", action="store_true", help="replace an existing --destdir")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present, else CPU), cpu, cuda")
+    _add_device(p)
     _add_threads(p)
     p.set_defaults(func=_run_distill)
 
@@ -154,8 +154,12 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, help="decoding batch size in target tokens, candidates included")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16 autocast where the hardware is fast at it (auto), or force one")
-    g.add_argument("--device", default="auto", help="torch device: auto (CUDA when present, else CPU), cpu, cuda")
+    _add_device(g)
     _add_threads(g)
+
+
+def _add_device(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present, else CPU), cpu, cuda")
 
 
 def _add_threads(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

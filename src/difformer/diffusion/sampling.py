@@ -2,9 +2,10 @@
 
 All l x n candidates of a batch of sources are decoded together (on a CPU in groups of similar length);
 the encoder runs and the cross-attention keys and values are computed once per source. The network is
-called once per step; the scheduler (DDPM or DDIM, schedulers.py) does the rest. Each candidate's noise is a function of its source tokens, the
-decoding seed, its index, the step and the position (noise.py), computed on the device: a sentence's
-output does not depend on the batch it is decoded in, its padding, its place in the input or the device.
+called once per step; the scheduler (DDPM or DDIM, schedulers.py) does the rest. Each candidate's noise is
+a function of its source tokens, the decoding seed, its index, the step and the position (noise.py),
+computed on the device: a sentence's output does not depend on the batch it is decoded in, its padding,
+its place in the input or the device.
 """
 from __future__ import annotations
 
