@@ -100,6 +100,22 @@ def test_trajectory_ends_with_what_generate_outputs(trained_model, tiny_data, on
     assert traj["change_rate"][-1] < traj["change_rate"][1]  # the prediction settles as the noise goes
 
 
+def test_a_trace_ends_with_what_generate_outputs(trained_model, trained_ar, one_thread):
+    pipe = load(trained_model, precision="fp32")
+    for text, options in (("red cat blue sun", {"steps": 6, "seed": 4}), ("moon", {"steps": 3, "sampler": "ddim"})):
+        trace = pipe.trace(text, **options)
+        assert [s["step"] for s in trace["steps"]] == list(range(1, options["steps"] + 1))
+        assert [s["t"] for s in trace["steps"]] == pipe.schedule.timesteps_for(options["steps"])
+        assert trace["output"] == trace["steps"][-1]["text"] == pipe.generate([text], **options)[0]
+        assert len({len(s["tokens"]) for s in trace["steps"]}) == 1  # the length is fixed before denoising
+        pieces = [pipe.tokenizer.sp.id_to_piece(i) for i in range(pipe.tokenizer.vocab_size)]
+        assert all(t in pieces for s in trace["steps"] for t in s["tokens"])
+    with pytest.raises(DifformerError, match="empty"):
+        pipe.trace("   ")
+    with pytest.raises(DifformerError, match="autoregressive"):
+        load(trained_ar).trace("red cat")
+
+
 def _png_ok(path: Path) -> None:
     import matplotlib.image
 

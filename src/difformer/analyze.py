@@ -22,11 +22,9 @@ import numpy as np
 import torch
 
 from difformer.data.binarize import PairDataset
-from difformer.diffusion.sampling import generate_candidates
 from difformer.errors import DifformerError
 from difformer.generate import Pipeline, detokenize, load, source_batches
 from difformer.metrics import corpus_bleu
-from difformer.precision import autocast
 
 
 def token_counts(data: PairDataset, vocab_size: int) -> np.ndarray:
@@ -120,17 +118,12 @@ def trajectory(pipe: Pipeline, sources: list[list[int]], refs: list[str], **opti
     rounding: `generate` denoises a CPU batch in groups of similar length).
     """
     cfg = pipe.decode_config(**{**options, "length_beam": 1, "noise_beam": 1, "early_stop": 0})
-    model, tok = pipe.model, pipe.tokenizer
-    device = next(model.parameters()).device
+    tok = pipe.tokenizer
     texts = [[""] * len(sources) for _ in range(cfg.steps)]
     changed, positions = np.zeros(cfg.steps), 0
-    for idx, src, mask in source_batches(sources, cfg.length_beam * cfg.noise_beam, cfg.max_tokens, tok.eos_id, tok.pad_id):
-        trace: list[torch.Tensor] = []
-        with autocast(pipe.precision, device):
-            cand = generate_candidates(model, pipe.schedule, src.to(device), mask.to(device), cfg, trace=trace)
-            steps = [model.logits(z).float().argmax(-1) for z in trace]  # (B, L) tokens per step
-        lengths = cand.lengths[:, 0]
-        real = torch.arange(steps[0].shape[1], device=device)[None, :] < lengths[:, None]
+    for idx, src, mask in source_batches(sources, 1, cfg.max_tokens, tok.eos_id, tok.pad_id):
+        steps, lengths = pipe.step_tokens(src, mask, cfg)  # (B, L) tokens per step
+        real = torch.arange(steps[0].shape[1], device=lengths.device)[None, :] < lengths[:, None]
         positions += int(real.sum())
         for k, tokens in enumerate(steps):
             if k:

@@ -330,6 +330,82 @@ def _run_analyze(args: argparse.Namespace) -> None:
     print(f"report: {Path(args.out) / 'report.html'}")
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve a model over HTTP: generate with dynamic batching, and a page at / that shows "
+        "a sentence being denoised",
+        description="POST /v1/generate {\"inputs\": [...], decoding options}, POST /v1/trace {\"input\": ...}, "
+        "GET /v1/model, GET /healthz, and the page at /. Concurrent requests with the same decoding options are "
+        "decoded together. Needs the serve extra: pip install 'difformer[serve]'.")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--reranker", help="autoregressive model directory for selection ar")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; "
+                   "there is no authentication)")
+    p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (printed)")
+    p.add_argument("--max-batch-tokens", type=int, default=8192,
+                   help="source tokens x candidates decoded together at most")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a request may wait for others to join its batch")
+    p.add_argument("--no-batching", action="store_true", help="decode one request at a time")
+    p.add_argument("--max-inputs", type=int, default=64, help="inputs per request at most")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    _add_device(p)
+    _add_threads(p)
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM (a graceful shutdown: requests in flight are answered), then exit 130/143."""
+    import signal
+    import socket
+
+    try:
+        import uvicorn
+
+        from difformer.serve.app import Limits, make_app
+    except ImportError as e:
+        raise DifformerError(f"serve needs the serve extra ({e.name} is missing): pip install 'difformer[serve]'")
+    from difformer.generate import load
+    from difformer.precision import allow_tf32
+
+    for name in ("max_batch_tokens", "max_inputs"):
+        if getattr(args, name) < 1:
+            raise DifformerError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.max_wait_ms < 0:
+        raise DifformerError("--max-wait-ms must be >= 0")
+    pipe = load(args.model, device=args.device, precision=args.precision, reranker=args.reranker)
+    allow_tf32(pipe.device, pipe.precision)
+    app = make_app(pipe, args.max_batch_tokens, args.max_wait_ms, not args.no_batching,
+                   Limits(max_inputs=args.max_inputs))
+    try:
+        sock = socket.create_server((args.host, args.port), family=socket.AF_INET6 if ":" in args.host
+                                    else socket.AF_INET)
+    except (OSError, OverflowError) as e:
+        raise DifformerError(f"cannot listen on {args.host}:{args.port} ({getattr(e, 'strerror', None) or e})")
+    host, port = sock.getsockname()[:2]
+    if args.host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"warning: listening on {host}, not loopback: anyone who can reach it can use the model",
+              file=sys.stderr)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    print(f"serving {args.model} ({pipe.arch}, {pipe.device}, {pipe.precision}) at {url}/ "
+          f"(API: /v1/generate, /v1/trace, /v1/model, /healthz)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    stopped: list[int] = []  # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again
+
+    def on_signal(sig, frame) -> None:  # before uvicorn takes the signals over, and after it gives them back
+        stopped.append(sig)
+        server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    if not stopped:
+        server.run(sockets=[sock])
+    if stopped:
+        print(f"difformer serve: stopped by {signal.Signals(stopped[0]).name}", file=sys.stderr)
+        return 128 + stopped[0]
+    return 0
+
+
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quickstart", help="generate a toy translation task, train a small Difformer on it, and score it",
@@ -361,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_evaluate(sub)
     _add_analyze(sub)
+    _add_serve(sub)
     _add_quickstart(sub)
     return parser
 

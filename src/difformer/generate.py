@@ -214,6 +214,37 @@ class Pipeline:
     def generate(self, texts: list[str], **options) -> list[str]:
         return self.decode_ids(self.encode(texts), self.decode_config(**options))
 
+    @torch.no_grad()
+    def step_tokens(self, src: torch.Tensor, src_mask: torch.Tensor, cfg: DecodeConfig,
+                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """A Difformer's argmax tokens of z0_hat at every sampling step, (B, L) each, and the target lengths
+        (B,), BOS/EOS included, for one candidate per source (cfg's beams must be 1)."""
+        with autocast(self.precision, self.device):
+            trace: list[torch.Tensor] = []
+            cand = generate_candidates(self.model, self.schedule, src.to(self.device), src_mask.to(self.device),
+                                       cfg, trace=trace)
+            return [self.model.logits(z).float().argmax(-1) for z in trace], cand.lengths[:, 0]
+
+    def trace(self, text: str, **options) -> dict:
+        """One input decoded by a Difformer with one candidate, and what z0_hat reads at every step: the
+        timestep, the token pieces of every target position (BOS/EOS included) and the text. The last
+        step's text is what `generate` outputs with the same options."""
+        if self.arch != "difformer":
+            raise DifformerError("a trace shows a Difformer's denoising steps; this model is autoregressive")
+        cfg = self.decode_config(**{**options, "length_beam": 1, "noise_beam": 1})
+        ids = self.encode([text])[0]
+        if not ids:
+            raise DifformerError("the input is empty")
+        src = torch.tensor([ids + [self.tokenizer.eos_id]])
+        steps, lengths = self.step_tokens(src, torch.ones_like(src, dtype=torch.bool), cfg)
+        n = int(lengths[0])
+        rows = [tokens[0, :n].tolist() for tokens in steps]
+        texts = detokenize(self.tokenizer, rows, [n] * len(rows))
+        timesteps = self.schedule.timesteps_for(cfg.steps)
+        return {"input": text, "output": texts[-1], "setting": self.describe(cfg), "precision": self.precision,
+                "steps": [{"step": k + 1, "t": int(timesteps[k]), "tokens": self.tokenizer.pieces(row), "text": t}
+                          for k, (row, t) in enumerate(zip(rows, texts))]}
+
 
 # decoding options that only one model kind reads; given to the other, they are an error, not ignored
 AR_OPTIONS = {"beam", "lenpen", "max_len_a", "max_len_b"}

@@ -97,6 +97,10 @@ class Tokenizer:
             return []  # sentencepiece reads an empty batch as one empty sequence and returns a str
         return self.sp.decode(rows, num_threads=THREADS)
 
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        """The subword of each id as the vocabulary spells it ("▁" starts a word; <s>, </s>, <pad>)."""
+        return [self.sp.id_to_piece(int(i)) for i in ids]
+
     @property
     def vocab_size(self) -> int:
         return self.sp.vocab_size()
