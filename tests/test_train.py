@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from difformer import train as train_module
+from difformer import step as step_module
 from difformer.errors import DifformerError
 from difformer.config import TrainConfig
 from difformer.train import Trainer, inverse_sqrt_lr, learning_rate, train
@@ -99,13 +99,13 @@ def test_wall_clock_budget_stops_training(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("precision, limit", [("fp32", 10), ("bf16", 3)])
 def test_non_finite_losses_skip_updates_then_stop(tiny_data, tmp_path, monkeypatch, precision, limit):
-    real = train_module.difformer_loss
+    real = step_module.difformer_loss
 
     def nan_loss(*args):
         loss, stats = real(*args)
         return loss * float("nan"), {**stats, "loss": torch.tensor(float("nan"))}
 
-    monkeypatch.setattr(train_module, "difformer_loss", nan_loss)
+    monkeypatch.setattr(step_module, "difformer_loss", nan_loss)
     extra = {} if limit == 10 else {"max_bad_updates": limit}  # 10 is the default
     trainer = Trainer(tiny_config(tiny_data, tmp_path / "r", max_updates=50, precision=precision, **extra))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}

@@ -1,8 +1,10 @@
 """Training checkpoints: crash-safe writes, exact resume, and one clear error for any damage.
 
-checkpoints/update_N/ holds model.safetensors, trainer.safetensors (optimizer moments and the torch RNG
-states: the CPU's, and the training GPU's on CUDA) and state.json (the State below, the optimizer's param
-groups and the config); checkpoints/last.json names the newest complete one. Batches are a function of (seed, epoch), so they are not saved.
+checkpoints/update_N/ holds model.safetensors, trainer.safetensors (optimizer moments and every rank's
+torch RNG states: the CPU's, and the training GPU's on CUDA) and state.json (the State below, the
+optimizer's param groups and the config); checkpoints/last.json names the newest complete one. Batches are
+a function of (seed, epoch, rank, world size), so they are not saved. At the end of a run the best
+checkpoints are averaged (`average`).
 """
 from __future__ import annotations
 
@@ -31,10 +33,28 @@ class State:
     tokens: int = 0  # target tokens seen
     best: list[list] = field(default_factory=list)  # [bleu, checkpoint name], best first
     bad_steps: int = 0
+    world_size: int = 1  # processes that trained it: a resume must have as many (the data and RNG are theirs)
+
+
+def rng_states(device: torch.device, rank: int = 0) -> dict[str, torch.Tensor]:
+    """This process's random state under the names `save` writes ("rng", "rng_cuda"; ".R" after them for
+    rank R > 0): the CPU generator, and on CUDA the training GPU's, where timesteps, noise and dropout masks
+    are drawn."""
+    suffix = f".{rank}" if rank else ""
+    out = {f"rng{suffix}": torch.get_rng_state()}
+    if device.type == "cuda":
+        out[f"rng_cuda{suffix}"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def average(ckpt_dir: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the named checkpoints' weights (computed in float32, stored as saved)."""
+    states = [hub.load_weights(ckpt_dir / n / hub.WEIGHTS) for n in names]
+    return {k: torch.stack([s[k].float() for s in states]).mean(0).to(states[0][k].dtype) for k in states[0]}
 
 
 def save(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: State,
-         cfg: Config, keep: set[str], device: torch.device = torch.device("cpu")) -> None:
+         cfg: Config, keep: set[str], rng: dict[str, torch.Tensor] | None = None) -> None:
     """Write ckpt_dir/NAME/ (built aside, renamed), point last.json at it atomically, then delete the
     update_* checkpoints not in `keep`.
 
@@ -49,9 +69,7 @@ def save(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.opt
         tmp.mkdir(parents=True)
         hub.save_weights(model.state_dict(), tmp / hub.WEIGHTS)
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
-        tensors["rng"] = torch.get_rng_state()
-        if device.type == "cuda":  # timesteps, noise and dropout masks are drawn there
-            tensors["rng_cuda"] = torch.cuda.get_rng_state(device)
+        tensors.update(rng if rng is not None else rng_states(torch.device("cpu")))
         hub.save_weights(tensors, tmp / "trainer.safetensors")
         hub.write_json(tmp / "state.json", {"state": state.__dict__, "param_groups": groups,
                                            "config": cfg.to_dict()})
@@ -84,10 +102,11 @@ def read_last(ckpt_dir: Path) -> str:
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config,
-         device: torch.device = torch.device("cpu")) -> State:
-    """Restore weights, optimizer and RNG in place and return the state; any damage is reported as one
-    error naming the file and the other checkpoints there are to resume from. A run moved between CPU and
-    CUDA resumes, but not exactly: the other device's random stream is not there to restore."""
+         device: torch.device = torch.device("cpu"), rank: int = 0, world_size: int = 1) -> State:
+    """Restore weights, optimizer and this rank's RNG in place and return the state; any damage is reported
+    as one error naming the file and the other checkpoints there are to resume from. A run moved between
+    CPU and CUDA resumes, but not exactly: the other device's random stream is not there to restore. A run
+    resumes with the number of processes that wrote the checkpoint, or not at all."""
     hint = _earlier(path.parent, path.name)
     if not path.is_dir():
         raise DifformerError(f"{path}: checkpoint named by last.json is missing; {hint}")
@@ -100,13 +119,20 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, c
     diff = _config_diff(saved.to_dict(), cfg.to_dict(), ignore=RESUMABLE_CHANGES)
     if diff:
         raise DifformerError(f"{path}: resuming with a different config; differing keys: {', '.join(diff)}")
+    written_by = meta.get("state", {}).get("world_size", 1) if isinstance(meta.get("state"), dict) else 1
+    if written_by != world_size:
+        raise DifformerError(f"{path}: written by {written_by} process(es), resumed with {world_size}; resume with "
+                             f"{written_by} (torchrun --nproc_per_node ...): the data position and the random "
+                             "streams belong to that many ranks")
     try:
         hub.load_state(model, hub.load_weights(path / hub.WEIGHTS), path / hub.WEIGHTS)
         tensors = hub.load_weights(path / "trainer.safetensors")
-        torch.set_rng_state(tensors.pop("rng"))
-        cuda_rng = tensors.pop("rng_cuda", None)
+        suffix = f".{rank}" if rank else ""
+        torch.set_rng_state(tensors[f"rng{suffix}"])
+        cuda_rng = tensors.get(f"rng_cuda{suffix}")
         if cuda_rng is not None and device.type == "cuda":
             torch.cuda.set_rng_state(cuda_rng, device)
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("rng")}
         for group in meta["param_groups"]:  # this run's kernel (fused on CUDA), not the saved one; set before
             # loading, which places Adam's step counters for the kernel the groups name
             group.update({k: optimizer.defaults[k] for k in ("fused", "foreach") if k in optimizer.defaults})

@@ -63,10 +63,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "`difformer train multi30k train.data=data/m30k train.save_dir=runs/m30k train.max_minutes=25`. "
         "Checkpoints (safetensors + JSON) go to SAVE_DIR/checkpoints; the average of the best checkpoints by "
         "train.valid_metric (validation BLEU by default) becomes the model directory SAVE_DIR/model. "
-        "SIGINT/SIGTERM save a checkpoint; --resume continues exactly.")
+        "SIGINT/SIGTERM save a checkpoint; --resume continues exactly. Data parallel: "
+        "`torchrun --nproc_per_node N -m difformer.cli train ...` (or --nproc N on one machine).")
     p.add_argument("config", help="YAML config file or preset name")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.add_argument("--resume", action="store_true", help="continue the run in train.save_dir")
+    p.add_argument("--nproc", type=int, help="train with N processes on this machine (starts torchrun; "
+                   "on a CPU each process gets cores / N threads)")
+    p.add_argument("--dist-timeout", type=float, default=30.0, metavar="MINUTES",
+                   help="under torchrun: how long a process waits for the others (rank 0 validates meanwhile) "
+                   "before it gives up on them (30)")
     _add_device(p)
     _add_threads(p)
     p.set_defaults(func=_run_train)
@@ -82,12 +88,60 @@ def _run_train(args: argparse.Namespace) -> int:
     if not cfg.train.data or not cfg.train.save_dir:
         raise DifformerError("set train.data (a prepared directory) and train.save_dir, "
                              "e.g. train.data=data/m30k train.save_dir=runs/m30k")
-    trainer = Trainer(cfg, resume=args.resume, device=args.device)
-    out = trainer.train()
-    if trainer.stop_signal is not None:  # checkpoint saved and the resume command printed by the trainer
-        return 128 + signal.Signals[trainer.stop_signal].value
-    print(f"model directory: {out}")
+    if args.dist_timeout <= 0:
+        raise DifformerError("--dist-timeout must be positive")
+    if args.nproc is not None:
+        return _torchrun(args)
+    from difformer import distributed
+
+    try:
+        trainer = Trainer(cfg, resume=args.resume, device=args.device, timeout_minutes=args.dist_timeout)
+        out = trainer.train()
+    finally:
+        distributed.teardown()
+    if trainer.stopped_by is not None:  # checkpoint saved and the resume command printed by rank 0
+        return 128 + signal.Signals[trainer.stopped_by].value
+    if trainer.ranks.main:
+        print(f"model directory: {out}")
     return 0
+
+
+def _torchrun(args: argparse.Namespace) -> int:
+    """`train --nproc N`: the same command under torchrun on this machine. SIGINT/SIGTERM to this process
+    go to torchrun, which passes them to the ranks and waits for them to save (up to --dist-timeout);
+    the exit status is then 130/143 as for one process, else torchrun's."""
+    import os
+    import signal
+    import subprocess
+
+    if args.nproc < 1:
+        raise DifformerError(f"--nproc must be >= 1, got {args.nproc}")
+    if "RANK" in os.environ:
+        raise DifformerError("--nproc starts torchrun; under torchrun already, leave it out")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.nproc)
+    grace = str(int(args.dist_timeout * 60))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               f"--shutdown-timeout={grace}", "-m", "difformer.cli", "train", args.config, *args.overrides,
+               "--device", args.device, "--dist-timeout", str(args.dist_timeout), "--threads", str(threads)]
+    if args.resume:
+        command.append("--resume")
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    # its own session: a Ctrl-C in the terminal reaches torchrun once, through this process
+    child = subprocess.Popen(command, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(sig, frame) -> None:
+        if not received:
+            received.append(sig)
+            child.send_signal(sig)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return 128 + received[0] if received else code
 
 
 def _add_distill(sub: argparse._SubParsersAction) -> None:

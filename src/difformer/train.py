@@ -1,7 +1,10 @@
-"""Training loop for both model kinds: AdamW with warmup and a learning-rate schedule, token-count batches,
-accumulation, validation by BLEU, checkpoints (best k + last, see checkpoint.py), exact resume, and averaging
-of the best k at the end. The Difformer trains on difformer_loss, the autoregressive model on label-smoothed
-CE. On CUDA the statistics stay on the device until a log line, and the next batch is collated meanwhile.
+"""Training for both model kinds: the loop, validation, checkpoints and the run's end, on one process or as
+one rank of a torchrun run (DistributedDataParallel, gloo on CPU, NCCL on CUDA).
+
+The parts live beside it: step.py (the objective and one update's gradients), data/loader.py (batches of
+this rank, collate, prefetch), runlog.py (log.jsonl, TensorBoard, progress), checkpoint.py (crash-safe
+checkpoints, exact resume, averaging), distributed.py (ranks, and the one collective per update that
+agrees on statistics and on stopping). Rank 0 alone validates, logs and writes files; the others wait.
 """
 from __future__ import annotations
 
@@ -12,32 +15,25 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
+from torch.nn.parallel import DistributedDataParallel
 
-from difformer import checkpoint, hub
+from difformer import checkpoint, distributed, hub
 from difformer.checkpoint import State
 from difformer.config import Config, TrainConfig, save_config
-from difformer.data.batching import pad_batch, token_batches
 from difformer.data.binarize import PairDataset
+from difformer.data.loader import Loader, check_max_tokens, collate, epoch_batches
 from difformer.data.tokenizer import Tokenizer
-from difformer.diffusion.losses import difformer_loss
 from difformer.errors import DifformerError
 from difformer.generate import decode_ids
 from difformer.metrics import corpus_bleu, rouge
-from difformer.model.autoregressive import ar_loss
-from difformer.precision import allow_tf32, autocast, resolve_device, resolve_precision
+from difformer.precision import allow_tf32, autocast, resolve_precision
+from difformer.runlog import RunLog, Window
+from difformer.step import Objective, accumulate
 
-
-def collate(data: PairDataset, idx: list[int], tok: Tokenizer, max_len: int):
-    """(src, src_mask, tgt, tgt_mask): source x EOS, target BOS y EOS, padded, cut to max_len positions."""
-    srcs = [data.src(i)[: max_len - 1].tolist() + [tok.eos_id] for i in idx]
-    tgts = [[tok.bos_id] + data.tgt(i)[: max_len - 2].tolist() + [tok.eos_id] for i in idx]
-    return (*pad_batch(srcs, tok.pad_id), *pad_batch(tgts, tok.pad_id))
+__all__ = ["Trainer", "train", "learning_rate", "inverse_sqrt_lr", "collate", "epoch_batches"]
 
 
 def inverse_sqrt_lr(update: int, lr: float, warmup: int) -> float:
@@ -65,32 +61,10 @@ def learning_rate(t: TrainConfig, update: int, seconds: float) -> float:
     return t.lr * warmup * decay
 
 
-def pair_lengths(data: PairDataset, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Positions each pair takes in a batch, as `collate` builds it: cut to max_positions, specials added."""
-    limit = cfg.model.max_positions
-    return data.src_lens.clip(max=limit - 1) + 1, data.tgt_lens.clip(max=limit - 2) + 2  # + EOS; + BOS, EOS
-
-
-def epoch_batches(data: PairDataset, cfg: Config, epoch: int) -> list[list[int]]:
-    src_lens, tgt_lens = pair_lengths(data, cfg)
-    return token_batches(src_lens, tgt_lens, cfg.train.max_tokens, seed=cfg.train.seed, epoch=epoch)
-
-
-def check_max_tokens(data: PairDataset, cfg: Config, split: str) -> None:
-    """Fail at start, naming the split and the pair, when a pair fits in no batch (the valid split would
-    otherwise fail only at the first validation, possibly hours in)."""
-    longer = np.maximum(*pair_lengths(data, cfg))
-    if len(longer) and longer.max() > cfg.train.max_tokens:
-        i = int(np.argmax(longer > cfg.train.max_tokens))
-        raise DifformerError(f"{split} pair {i} needs {longer[i]} tokens (BOS/EOS included), more than "
-                             f"train.max_tokens {cfg.train.max_tokens}; set train.max_tokens={longer.max()} "
-                             f"or more (or a smaller model.max_positions)")
-
-
 class Trainer:
-    def __init__(self, cfg: Config, resume: bool = False, device: str = "auto"):
+    def __init__(self, cfg: Config, resume: bool = False, device: str = "auto", timeout_minutes: float = 30.0):
         self.cfg, t = cfg, cfg.train
-        self.device = resolve_device(device)
+        self.ranks, self.device = distributed.setup(device, timeout_minutes)
         self.save_dir = Path(t.save_dir)
         self.ckpt_dir = self.save_dir / "checkpoints"
         data = Path(t.data)
@@ -101,14 +75,15 @@ class Trainer:
         cfg.model.vocab_size = self.tokenizer.vocab_size
         cfg.validate()
         self.train_data = PairDataset(data, "train")
-        self.target_lengths = pair_lengths(self.train_data, cfg)[1]  # per pair, BOS/EOS included: tokens/s
         self.valid_data = PairDataset(data, "valid") if _has_split(data, "valid") else None
         for split, split_data in (("train", self.train_data), ("valid", self.valid_data)):
             if split_data is not None:
                 check_max_tokens(split_data, cfg, split)
-        self.precision = resolve_precision(t.precision, self.device)
+        self.loader = Loader(self.train_data, cfg, self.tokenizer, self.device, self.ranks.rank, self.ranks.world_size)
+        # `auto` is a timing made in each process: rank 0's choice holds for all
+        self.precision = distributed.gather(resolve_precision(t.precision, self.device), self.ranks)[0]
         allow_tf32(self.device, self.precision)
-        torch.manual_seed(t.seed)
+        torch.manual_seed(t.seed)  # the same initial weights on every rank
         self.model = hub.build_model(cfg.model).to(self.device)
         self.schedule = hub.build_schedule(cfg)
         warm = None
@@ -116,42 +91,48 @@ class Trainer:
             warm = hub.init_from(self.model, t.init_from, data / "tokenizer.model")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=tuple(t.betas),
                                            weight_decay=t.weight_decay, fused=self.device.type == "cuda")
-        self._prefetch: ThreadPoolExecutor | None = None  # on CUDA, while train() runs
-        self._next: tuple[tuple[int, ...], Future] | None = None
-        self.state = State()
-        self.stop_signal: str | None = None
-        self._last_log: dict = {}
-        self._tb = None
+        self.state = State(world_size=self.ranks.world_size)
+        self.stop_signal: str | None = None  # asked of this process
+        self.stopped_by: str | None = None  # what stopped the run, on every rank: a signal's name
+        self.log = RunLog(self.save_dir, enabled=self.ranks.main)
         self._prepare_save_dir(resume)
-        self._log({"precision": self.precision, "device": str(self.device),
+        distributed.barrier(self.ranks)
+        if self.ranks.rank:  # each rank its own timesteps, noise and dropout; rank 0 that of one process
+            torch.manual_seed(t.seed + self.ranks.rank)
+        if resume:
+            self._resume()
+        self.saved_at = self.state.update  # the update of the newest checkpoint
+        self.objective: Objective | DistributedDataParallel = Objective(self.model, self.schedule, cfg)
+        if self.ranks.world_size > 1:
+            self.objective = DistributedDataParallel(self.objective, device_ids=[self.device.index]
+                                                     if self.device.type == "cuda" else None)
+        self._log({"precision": self.precision, "device": str(self.device), "processes": self.ranks.world_size,
                    "parameters": sum(p.numel() for p in self.model.parameters())})
         if warm is not None:
             self._log({"init_from": t.init_from, "copied": len(warm[0]), "not_copied": warm[1]})
-            print(f"init_from {t.init_from}: copied {len(warm[0])} tensors, left {len(warm[1])} as initialised",
-                  file=sys.stderr)
+            if self.ranks.main:
+                print(f"init_from {t.init_from}: copied {len(warm[0])} tensors, left {len(warm[1])} as "
+                      "initialised", file=sys.stderr)
 
     def loss(self, src, src_mask, tgt, tgt_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training objective of the model's kind for one batch: (loss, stats as device scalars)."""
-        if self.schedule is None:
-            return ar_loss(self.model, src, src_mask, tgt, tgt_mask, self.cfg.train.label_smoothing)
-        return difformer_loss(self.model, self.schedule, self.cfg.diffusion, src, src_mask, tgt, tgt_mask)
+        return Objective(self.model, self.schedule, self.cfg)(src, src_mask, tgt, tgt_mask)
 
     def _prepare_save_dir(self, resume: bool) -> None:
+        """Every rank checks (so that all fail alike); rank 0 alone writes: a new run's directory, or on resume
+        the removal of what a killed run left half-written."""
         last = self.ckpt_dir / "last.json"
-        if resume and last.exists():
-            checkpoint.remove_partial_writes(self.ckpt_dir)
-            name = checkpoint.read_last(self.ckpt_dir)
-            self.state = checkpoint.load(self.ckpt_dir / name, self.model, self.optimizer, self.cfg, self.device)
-            _end_log_at_a_full_line(self.save_dir / "log.jsonl")
-            hub.write_atomic(self.save_dir / "config.yaml", lambda p: save_config(self.cfg, p))  # budgets may differ
-            self._log({"resumed_from": name})
-            return
-        if resume:
+        if resume and not last.exists():
             raise DifformerError(f"{self.save_dir}: nothing to resume (no checkpoints/last.json: no checkpoint "
                                  "was written yet); start it again without --resume")
-        if last.exists():
+        if not resume and last.exists():
             raise DifformerError(f"{self.save_dir}: holds a run already; pass --resume to continue it "
                                  "or choose another train.save_dir")
+        if not self.ranks.main:
+            return
+        if resume:
+            checkpoint.remove_partial_writes(self.ckpt_dir)
+            return
         try:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             probe = self.save_dir / ".write-test"
@@ -162,6 +143,17 @@ class Trainer:
         checkpoint.remove_partial_writes(self.ckpt_dir)  # of a run killed before its first checkpoint
         save_config(self.cfg, self.save_dir / "config.yaml")
 
+    def _resume(self) -> None:
+        """Every rank loads the checkpoint last.json names (and its own random state); then rank 0 records
+        the resume, with the config it continues under (budgets may differ)."""
+        name = checkpoint.read_last(self.ckpt_dir)
+        self.state = checkpoint.load(self.ckpt_dir / name, self.model, self.optimizer, self.cfg, self.device,
+                                     self.ranks.rank, self.ranks.world_size)
+        if self.ranks.main:
+            self.log.end_at_a_full_line()
+            hub.write_atomic(self.save_dir / "config.yaml", lambda p: save_config(self.cfg, p))
+        self._log({"resumed_from": name})
+
     # ---- validation --------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -171,14 +163,16 @@ class Trainer:
         data, tok, cfg = self.valid_data, self.tokenizer, self.cfg
         self.model.eval()
         sums: dict[str, torch.Tensor] = {}
+        objective = Objective(self.model, self.schedule, cfg)
         # the training device's generator is forked too: manual_seed reseeds it, and without the fork every
         # validation would restart training's CUDA random stream from the same state
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(cfg.train.seed)
             batches = epoch_batches(data, cfg, 0)
             for idx in batches:
+                batch = [x.to(self.device) for x in collate(data, idx, tok, cfg.model.max_positions)]
                 with autocast(self.precision, self.device):
-                    _, stats = self.loss(*self._on_device(self._collate(data, idx)))
+                    _, stats = objective(*batch)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v.double()
         totals = dict(zip(sums, (torch.stack(list(sums.values())) / len(batches)).tolist()))  # one sync
@@ -201,149 +195,128 @@ class Trainer:
             return -stats["valid_loss"]
         return stats["valid_rougeL" if metric == "rouge" else "valid_bleu"]
 
-    def _validate_and_save(self) -> None:
-        name = f"update_{self.state.update:07d}"
-        if self.valid_data is not None:
-            stats = self.validate()
-            self._log(stats)
-            self.state.best.append([self.selection_score(stats), name])
-            self.state.best.sort(key=lambda b: -b[0])
-            self.state.best = self.state.best[: self.cfg.train.keep_best]
-        keep = {n for _, n in self.state.best[: self.cfg.train.keep_best]}
-        checkpoint.save(self.ckpt_dir, name, self.model, self.optimizer, self.state, self.cfg, keep, self.device)
+    def _validate_and_save(self, validate: bool = True) -> None:
+        """Rank 0 validates and writes the checkpoint (with every rank's random state); the others wait."""
+        rng = distributed.gather(checkpoint.rng_states(self.device, self.ranks.rank), self.ranks)
+        self.saved_at = self.state.update
+        if self.ranks.main:
+            name = f"update_{self.state.update:07d}"
+            if validate and self.valid_data is not None:
+                stats = self.validate()
+                self._log(stats)
+                self.state.best.append([self.selection_score(stats), name])
+                self.state.best.sort(key=lambda b: -b[0])
+                self.state.best = self.state.best[: self.cfg.train.keep_best]
+            keep = {n for _, n in self.state.best[: self.cfg.train.keep_best]}
+            checkpoint.save(self.ckpt_dir, name, self.model, self.optimizer, self.state, self.cfg, keep,
+                            {k: v for r in rng for k, v in r.items()})
+        distributed.barrier(self.ranks)
 
     # ---- the loop ----------------------------------------------------------------------------------
 
     def train(self) -> Path:
-        """Train until max_updates or max_minutes (or SIGINT/SIGTERM); return the final model directory."""
+        """Train until max_updates or max_minutes (or SIGINT/SIGTERM on any rank); return the final model
+        directory (or the checkpoint directory when stopped)."""
         t, st = self.cfg.train, self.state
         self.model.train()
-        batches = epoch_batches(self.train_data, self.cfg, st.epoch)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        bar = tqdm(total=t.max_updates, initial=st.update, desc="train", unit="upd", dynamic_ncols=True,
-                   disable=None)
-        clock, seconds0, window = time.monotonic(), st.seconds, _Window()
-        saved_at = st.update
-        self._prefetch = ThreadPoolExecutor(1) if self.device.type == "cuda" else None
+        self.log.progress(t.max_updates, st.update)
+        clock, seconds0, window, self.saved_at = time.monotonic(), st.seconds, Window(), st.update
         try:
-            while st.update < t.max_updates and not self._out_of_time() and self.stop_signal is None:
-                stats, batches = self._update(batches, window)
-                st.seconds = seconds0 + time.monotonic() - clock
+            while st.update < t.max_updates and not self._stopping() and not self._out_of_time():
+                stats = self._update(window, lambda: seconds0 + time.monotonic() - clock)
                 if stats is None:
                     continue
-                bar.update(1)
+                self.log.advance(self.optimizer.param_groups[0]["lr"])
                 if st.update % t.log_every == 0:
                     self._log({**window.flush(st.seconds), "lr": self.optimizer.param_groups[0]["lr"]})
-                    bar.set_postfix(loss=f"{self._last_log['loss']:.3f}",
-                                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                                    tok_s=f"{self._last_log.get('tokens_per_second', 0):.0f}")
                 if st.update % t.validate_every == 0:
                     self._validate_and_save()
-                    saved_at = st.update
-            if st.update != saved_at:
+            if st.update != self.saved_at:
                 self._validate_and_save()
+            self._stopping()  # a signal in the last update or save still stops one process
+        except RuntimeError as e:
+            if distributed.is_comm_error(e, self.ranks):  # DDP's all-reduce inside backward
+                raise distributed.lost(e, self.ranks) from e
+            raise
         finally:
-            bar.close()
-            if self._prefetch is not None:
-                self._prefetch.shutdown(cancel_futures=True)
-                self._prefetch = self._next = None
+            self.log.close()
+            self.loader.close()
             for s, h in handlers.items():
                 signal.signal(s, h)
-        if self.stop_signal is not None:
-            device = f" --device {self.device}" if self.device.type != "cpu" else ""
-            print(f"stopped by {self.stop_signal} at update {st.update}; checkpoint saved. Continue with: "
-                  f"difformer train {self.save_dir / 'config.yaml'} --resume{device}", file=sys.stderr)
+        if self.stopped_by is not None:
+            if self.ranks.main:
+                device = f" --device {self.device.type}" if self.device.type != "cpu" else ""
+                launch = "difformer train"
+                if self.ranks.world_size > 1:
+                    per_node = os.environ.get("LOCAL_WORLD_SIZE", self.ranks.world_size)
+                    launch = f"torchrun (as before) --nproc_per_node {per_node} -m difformer.cli train"
+                print(f"stopped by {self.stopped_by} at update {st.update}; checkpoint saved. Continue with: "
+                      f"{launch} {self.save_dir / 'config.yaml'} --resume{device}", file=sys.stderr)
             return self.ckpt_dir
-        return self.finish()
+        out = self.finish() if self.ranks.main else self.save_dir / "model"
+        distributed.barrier(self.ranks)
+        return out
 
-    def _collate(self, data: PairDataset, idx: list[int]) -> list[torch.Tensor]:
-        """`collate`, in pinned memory on CUDA (so that the copy to the device need not wait)."""
-        batch = collate(data, idx, self.tokenizer, self.cfg.model.max_positions)
-        return [x.pin_memory() for x in batch] if self.device.type == "cuda" else list(batch)
-
-    def _on_device(self, batch: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [x.to(self.device, non_blocking=True) for x in batch]
-
-    def _batch(self, batches: list[list[int]], i: int) -> list[torch.Tensor]:
-        """Batch i of the epoch on the device; on CUDA the next one is collated meanwhile, in a thread."""
-        key = tuple(batches[i])
-        if self._next is not None and self._next[0] == key:
-            ready = self._next[1].result()
-        else:
-            ready = self._collate(self.train_data, batches[i])
-        self._next = None
-        if self._prefetch is not None and i + 1 < len(batches):
-            self._next = (tuple(batches[i + 1]), self._prefetch.submit(self._collate, self.train_data, batches[i + 1]))
-        return self._on_device(ready)
-
-    def _update(self, batches: list[list[int]], window: "_Window"):
-        """One optimizer update over update_freq batches; returns (stats or None if skipped, batches).
-
-        The stats stay on the device; the one synchronisation per update is the finite check that decides
-        whether the optimizer may step.
-        """
+    def _update(self, window: Window, clock) -> dict[str, torch.Tensor] | None:
+        """One optimizer update over update_freq batches; None when skipped (a non-finite loss or gradient on
+        any rank). `clock()`: this rank's training seconds so far. The one synchronisation per update reads the
+        finite check, the clock and the stop flags, agreed by all ranks in one all-reduce with the
+        statistics: the same learning rate, budget and stop on every rank."""
         t, st = self.cfg.train, self.state
         self.optimizer.zero_grad(set_to_none=True)
-        stats: dict[str, torch.Tensor] = {}
-        tokens = 0
+        batches, tokens = [], 0
         for _ in range(t.update_freq):
-            if st.batch >= len(batches):
-                st.epoch, st.batch = st.epoch + 1, 0
-                batches = epoch_batches(self.train_data, self.cfg, st.epoch)
-            src, src_mask, tgt, tgt_mask = self._batch(batches, st.batch)
-            tokens += int(self.target_lengths[batches[st.batch]].sum())
-            st.batch += 1
-            with autocast(self.precision, self.device):
-                loss, s = self.loss(src, src_mask, tgt, tgt_mask)
-            (loss / t.update_freq).backward()
-            for k, v in s.items():
-                stats[k] = stats.get(k, 0.0) + v / t.update_freq
+            batch, n = self.loader.next(st)
+            batches.append(batch)
+            tokens += n
+        stats = accumulate(self.objective, batches, self.precision, self.device)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_norm)  # the same on every rank
+        flags = [self.stop_signal == "SIGINT", self.stop_signal == "SIGTERM"]
+        stats, tokens, st.seconds, (sigint, sigterm) = distributed.agree(stats, tokens, clock(), flags, self.ranks)
+        if sigint or sigterm:
+            self.stopped_by = "SIGTERM" if sigterm else "SIGINT"
         for g in self.optimizer.param_groups:
             g["lr"] = learning_rate(t, st.update + 1, st.seconds)
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_norm)
-        if not bool(torch.isfinite(stats["loss"] + gnorm)):
+        finite = bool(torch.isfinite(stats["loss"] + gnorm))
+        if not finite:
             st.bad_steps += 1
             self._log({"skipped_update": st.update + 1, "loss": float(stats["loss"]), "grad_norm": float(gnorm)})
-            if st.bad_steps >= t.max_bad_updates:
+            if st.bad_steps >= t.max_bad_updates:  # every rank at the same update: the statistics are agreed
+                if st.update != self.saved_at:
+                    self._validate_and_save(validate=False)  # the weights of the last good update
                 raise DifformerError(f"{st.bad_steps} updates in a row had a non-finite loss or gradient; "
-                                     f"stopped. The last good checkpoint is in {self.ckpt_dir}")
-            return None, batches
+                                     f"stopped. The last good update's checkpoint is in {self.ckpt_dir}")
+            return None
         self.optimizer.step()
         st.update += 1
         st.bad_steps = 0
         st.tokens += tokens
         window.add({**stats, "grad_norm": gnorm.detach()}, tokens)
-        return stats, batches
+        return stats
+
+    def _stopping(self) -> bool:
+        """A signal stops one process after the update it came in; ranks stop at the update they agreed on."""
+        if self.ranks.world_size == 1 and self.stop_signal is not None:
+            self.stopped_by = self.stop_signal
+        return self.stopped_by is not None
 
     def _out_of_time(self) -> bool:
         return self.cfg.train.max_minutes > 0 and self.state.seconds >= self.cfg.train.max_minutes * 60
 
     def _on_signal(self, signum, frame) -> None:
-        """First SIGINT/SIGTERM: finish the update, save, stop. A second one: stop now (KeyboardInterrupt);
-        the previous checkpoint stays valid. os.write, not print: print can fail re-entering stderr."""
+        """First SIGINT/SIGTERM: finish the update, save, stop (every rank, at the same update). A second
+        one: stop now (KeyboardInterrupt); the previous checkpoint stays valid. os.write, not print: print
+        can fail re-entering stderr."""
         if self.stop_signal is not None:
             raise KeyboardInterrupt
         self.stop_signal = signal.Signals(signum).name
-        os.write(2, f"{self.stop_signal}: finishing this update, then saving a checkpoint "
+        where = f" (rank {self.ranks.rank})" if self.ranks.world_size > 1 else ""
+        os.write(2, f"{self.stop_signal}{where}: finishing this update, then saving a checkpoint "
                     "(send it again to stop at once, without saving)\n".encode())
 
     def _log(self, record: dict) -> None:
-        """Append to log.jsonl and TensorBoard."""
-        record = {"update": self.state.update, "epoch": self.state.epoch, **record}
-        self._last_log = record
-        try:
-            with open(self.save_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as e:
-            raise DifformerError(f"{self.save_dir / 'log.jsonl'}: cannot write ({e.strerror or e}); the last "
-                                 f"checkpoint in {self.ckpt_dir} is intact") from None
-        if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(str(self.save_dir / "tb"))
-        for k, v in record.items():
-            if isinstance(v, (int, float)) and k not in ("update", "epoch"):
-                self._tb.add_scalar(k, v, self.state.update)
-        self._tb.flush()
+        self.log.write(self.state.update, self.state.epoch, record)
 
     def finish(self) -> Path:
         """Write save_dir/model: the average of the best k checkpoints by train.valid_metric, unless the best
@@ -351,12 +324,9 @@ class Trainer:
         names = [n for _, n in self.state.best[: self.cfg.train.keep_best]]
         if not names:
             names = [checkpoint.read_last(self.ckpt_dir)]
-        states = [hub.load_weights(self.ckpt_dir / n / hub.WEIGHTS) for n in names]
         chosen = {"model": names[0]}
-        if len(states) > 1:
-            averaged = {k: torch.stack([s[k].float() for s in states]).mean(0).to(states[0][k].dtype)
-                        for k in states[0]}
-            self.model.load_state_dict(averaged)
+        if len(names) > 1:
+            self.model.load_state_dict(checkpoint.average(self.ckpt_dir, names))
             metric = self.cfg.train.valid_metric
             score, best = self.selection_score(self.validate()), self.state.best[0][0]
             shown = (lambda x: -x) if metric == "loss" else (lambda x: x)  # the loss as logged, lower is better
@@ -364,7 +334,7 @@ class Trainer:
             if score < best:
                 chosen = {"model": names[0], f"valid_{metric}": shown(best), f"average_valid_{metric}": shown(score)}
         if not chosen["model"].startswith("average"):
-            self.model.load_state_dict(states[0])
+            self.model.load_state_dict(hub.load_weights(self.ckpt_dir / names[0] / hub.WEIGHTS))
         out = self.save_dir / "model"
         try:
             hub.save_pretrained(self.model, self.cfg, self.data_dir / "tokenizer.model",
@@ -374,44 +344,6 @@ class Trainer:
                                  f"intact: free space, then run again with --resume to write it") from None
         self._log({"final": chosen, "directory": str(out)})
         return out
-
-
-class _Window:
-    """Running means of the training stats between two log lines (summed on the device, read at the log
-    line), and the tokens per second."""
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.n = self.tokens = 0
-        self.start = time.monotonic()
-
-    def add(self, stats: dict[str, torch.Tensor], tokens: int) -> None:
-        for k, v in stats.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.float()
-        self.n += 1
-        self.tokens += tokens
-
-    def flush(self, seconds: float) -> dict[str, float]:
-        now = time.monotonic()
-        means = (torch.stack(list(self.sums.values())) / max(self.n, 1)).tolist() if self.sums else []
-        out = dict(zip(self.sums, means))  # one synchronisation per log line
-        out["tokens_per_second"] = self.tokens / max(now - self.start, 1e-9)
-        out["seconds"] = seconds
-        self.sums, self.n, self.tokens, self.start = {}, 0, 0, now
-        return out
-
-
-def _end_log_at_a_full_line(log: Path) -> None:
-    """Cut a line a killed run left half-written at the end of log.jsonl, so every line stays JSON."""
-    if not log.is_file() or log.stat().st_size == 0:
-        return
-    with open(log, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        f.seek(max(0, size - (1 << 20)))
-        tail = f.read()
-        if not tail.endswith(b"\n"):
-            cut = tail.rfind(b"\n")
-            f.truncate(size - len(tail) + cut + 1 if cut >= 0 or size <= len(tail) else size)
 
 
 def _has_split(data: Path, split: str) -> bool:
