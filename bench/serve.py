@@ -94,7 +94,7 @@ def main() -> None:
     if not (args.model / "config.json").is_file():
         raise SystemExit(f"{args.model}: no model there; `python bench/teacher.py --long 120` trains it, or pass "
                          "--model")
-    sentences = (args.data / "test2016.de").read_text(encoding="utf-8").splitlines()[:args.requests]
+    sentences = (args.data / "test.de").read_text(encoding="utf-8").splitlines()[:args.requests]
     pipe = load(args.model, device="cpu", precision="fp32")
     expected = dict(zip(sentences, pipe.generate(sentences)))  # batch-independent: the same one by one
     results = {"model": str(args.model), "setting": pipe.describe(pipe.decode_config()), "precision": "fp32",
