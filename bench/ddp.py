@@ -33,6 +33,7 @@ def run_arm(name: str, flags: list[str], data: Path, work: Path, minutes: float,
     run = work / "runs" / name.replace(" ", "-").replace(",", "")
     cfg = load_config("multi30k", [f"train.data={data}", f"train.save_dir={run}", f"train.max_minutes={minutes}"])
     config = work / f"{run.name}.yaml"
+    work.mkdir(parents=True, exist_ok=True)
     save_config(cfg, config)
     resume = ["--resume"] if (run / "checkpoints" / "last.json").exists() else []
     r = subprocess.run([sys.executable, "-m", "difformer.cli", "train", str(config), "--device", device, *flags,
