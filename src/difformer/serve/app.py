@@ -110,14 +110,17 @@ def make_app(pipe: Pipeline, max_batch_tokens: int = 8192, max_wait_ms: float = 
             return JSONResponse({"error": f"request body over {limits.max_body_bytes} bytes"}, status_code=413)
         return await call_next(request)
 
+    def candidates(cfg: DecodeConfig) -> int:
+        """Rows decoded per input: the beam, or length x noise beams."""
+        return cfg.beam if pipe.arch == "transformer" else cfg.length_beam * cfg.noise_beam
+
     def decode_config(options: dict) -> DecodeConfig:
         try:
             cfg = pipe.decode_config(**options)
         except DifformerError as e:
             raise ServeError(422, str(e)) from None
-        candidates = cfg.beam if pipe.arch == "transformer" else cfg.length_beam * cfg.noise_beam
-        if candidates > limits.max_candidates:
-            raise ServeError(422, f"{candidates} candidates per input; this server allows at most "
+        if candidates(cfg) > limits.max_candidates:
+            raise ServeError(422, f"{candidates(cfg)} candidates per input; this server allows at most "
                                   f"{limits.max_candidates}")
         return cfg
 
@@ -152,7 +155,7 @@ def make_app(pipe: Pipeline, max_batch_tokens: int = 8192, max_wait_ms: float = 
         out = {"model": pipe.arch, "setting": pipe.describe(cfg), "precision": pipe.precision,
                "device": str(pipe.device)}
         if pipe.arch == "difformer":
-            out.update(steps=cfg.early_stop or cfg.steps, candidates=cfg.length_beam * cfg.noise_beam,
+            out.update(steps=cfg.early_stop or cfg.steps, candidates=candidates(cfg),
                        selection=cfg.selection, nfe=cfg.nfe)
         else:
             out.update(beam=cfg.beam)
@@ -168,8 +171,7 @@ def make_app(pipe: Pipeline, max_batch_tokens: int = 8192, max_wait_ms: float = 
             raise ServeError(422, "inputs is empty; give at least one string")
         cfg = decode_config(request.options())
         sources = encode(request.inputs)
-        candidates = cfg.beam if pipe.arch == "transformer" else cfg.length_beam * cfg.noise_beam
-        tokens = sum(len(s) + 1 for s in sources) * candidates
+        tokens = sum(len(s) + 1 for s in sources) * candidates(cfg)
         outputs, timings = await run(sources=sources, cfg=cfg, tokens=tokens)
         timings["total_ms"] = round((time.perf_counter() - start) * 1000, 1)
         return {"outputs": outputs, "report": report(cfg), "timings": timings}
