@@ -5,6 +5,7 @@ on one machine: validation BLEU per update and per minute, and test2016 once per
     python bench/sweep.py --arms control lr-cosine-3e-3     # some arms
     python bench/sweep.py --minutes 25 --arms control lr-cosine --tag confirm   # confirm the winners
     python bench/sweep.py --data bench/work/teacher/multi30k-distilled --tag distilled   # on distilled targets
+    python bench/sweep.py --decoding MODEL [MODEL ...]      # the decoding levers, free at training time
 
 Arms are chosen on validation BLEU (the best of the run, and at the last validation); test2016 (1x1) is
 decoded once per run and reported beside, never used to choose. Resumable: a finished run is recorded in
@@ -19,10 +20,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import commit, load_results, save_results  # noqa: E402
+from common import command, commit, load_results, machine, save_results, timed  # noqa: E402
 from multi30k import decode_test, prepared, train_run, training_record  # noqa: E402
 
 from difformer.config import load_config  # noqa: E402
+from difformer.generate import load  # noqa: E402
+from difformer.metrics import corpus_bleu  # noqa: E402
 
 HERE = Path(__file__).parent
 NAME = "sweep"
@@ -37,7 +40,12 @@ ARMS = {
     "self-cond-0.25": ["diffusion.self_cond=0.25"],
     "dropout-0": ["model.dropout=0"],
     "min-t-0.1": ["diffusion.min_t=0.1"],
+    "soft-absorb-0.5": ["model.soft_absorb=0.5"],
 }
+# decoding levers of a trained model, 1x1 (issue 15): DINOISER's condition enhancement (the network is told
+# t = T-1 at every step), and stopping early where `difformer analyze` saw z0_hat peak (step 13-15 of 20)
+DECODINGS = {"default": {}, "cond-enhance": {"cond_enhance": True}, "early-stop-15": {"early_stop": 15},
+             "early-stop-13": {"early_stop": 13}}
 
 
 def valid_curve(run: Path) -> list[dict]:
@@ -51,21 +59,58 @@ def valid_curve(run: Path) -> list[dict]:
     return out
 
 
+def bleu_of(pipe, data: Path, split: str, options: dict) -> tuple[float, float]:
+    """sacreBLEU of one decoding of a split, and sentences per second."""
+    sources = (data / f"{split}.de").read_text(encoding="utf-8").splitlines()
+    with timed() as t:
+        hyps = pipe.generate(sources, **options)
+    refs = (data / f"{split}.en").read_text(encoding="utf-8").splitlines()
+    return round(corpus_bleu(hyps, refs).score, 2), round(len(sources) / t["wall"], 1)
+
+
+def decoding_levers(models: list[Path], data: Path, results: dict) -> None:
+    """Each model with each decoding of DECODINGS: all 1,014 valid sentences to choose on, test2016 beside."""
+    rows = results.setdefault("decoding", {})
+    for model in models:
+        pipe = load(model, device="cpu")
+        for name, options in DECODINGS.items():
+            key = f"{model} {name}"
+            if key in rows:
+                continue
+            valid, speed = bleu_of(pipe, data, "valid", options)
+            test, _ = bleu_of(pipe, data, "test", options)
+            rows[key] = {"model": str(model), "decoding": name, "options": options, "valid": valid, "test2016": test,
+                         "valid_sentences_per_second": speed, "machine": machine(), "commit": commit(),
+                         "command": command()}
+            save_results(NAME, results, markdown(results))
+            print(f"{key}: valid {valid}, test2016 {test}, {speed} sentences/s", flush=True)
+
+
 def markdown(results: dict) -> str:
     lines = ["# Convergence levers: one change each against the preset (Multi30k De->En)", "",
              "Sorted by the best validation BLEU (300 valid sentences, 1x1, 20 steps) within each batch of runs; "
              "test2016 is decoded once per run and not used to choose.", ""]
     for tag, arms in results.get("batches", {}).items():
-        lines += [f"## {tag}", "", "| arm | overrides | minutes | updates | best valid BLEU (update) | last valid "
-                  "BLEU | test2016 1x1 |", "|---|---|---|---|---|---|---|"]
+        # per update too: the arms' updates per minute differ (the change, and the machine's drift)
+        at = max(set.intersection(*({v["update"] for v in r["valid"]} for r in arms.values())), default=None)
+        lines += [f"## {tag}", "", f"| arm | overrides | minutes | updates | valid BLEU at update {at} | best valid "
+                  "BLEU (update) | last valid BLEU | test2016 1x1 |", "|---|---|---|---|---|---|---|---|"]
         for arm, r in sorted(arms.items(), key=lambda a: -a[1]["best_valid_bleu"]):
             best = max(r["valid"], key=lambda v: v["valid_bleu"])
+            same = next((v["valid_bleu"] for v in r["valid"] if v["update"] == at), "-")
             lines.append(f"| {arm} | {' '.join(r['overrides']) or '(preset)'} | {r['train_minutes']} | {r['updates']} "
-                         f"| {best['valid_bleu']} ({best['update']}) | {r['valid'][-1]['valid_bleu']} | "
+                         f"| {same} | {best['valid_bleu']} ({best['update']}) | {r['valid'][-1]['valid_bleu']} | "
                          f"{r['test2016']} |")
         first = next(iter(arms.values()))
         lines += ["", f"Machine: {first['machine']}; data `{first['data']}`; commands: `{first['command']}`, "
                   f"commit {first['commit']}", ""]
+    if results.get("decoding"):
+        rows = list(results["decoding"].values())
+        lines += ["## Decoding levers (1x1, 20 steps; chosen on all 1,014 valid sentences)", "",
+                  "| model | decoding | valid BLEU | test2016 | valid sentences/s |", "|---|---|---|---|---|"]
+        lines += [f"| `{r['model']}` | {r['decoding']} | {r['valid']} | {r['test2016']} | "
+                  f"{r['valid_sentences_per_second']} |" for r in rows]
+        lines += ["", f"Machine: {rows[0]['machine']}; command: `{rows[0]['command']}`, commit {rows[0]['commit']}", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -78,9 +123,13 @@ def main() -> None:
                    help="raw Multi30k: prepared once, and its test2016 references")
     p.add_argument("--data", type=Path, help="a prepared directory to train on instead (distilled targets)")
     p.add_argument("--work", type=Path, default=HERE / "work")
+    p.add_argument("--decoding", type=Path, nargs="+", metavar="MODEL",
+                   help="instead of training: decode valid and test2016 with each of the decoding levers")
     args = p.parse_args()
     tag = args.tag or f"proxy-{args.minutes:g}min"
     results = load_results(NAME)
+    if args.decoding:
+        return decoding_levers(args.decoding, args.raw, results)
     batch = results.setdefault("batches", {}).setdefault(tag, {})
     data = args.data or prepared(args.raw, args.work)
     for arm in ["control"] + [a for a in args.arms if a != "control"]:  # the control always runs

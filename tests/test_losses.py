@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from difformer.config import DiffusionConfig, ModelConfig
-from difformer.diffusion.losses import difformer_loss, masked_mean, token_ce
+from difformer.diffusion.losses import difformer_loss, masked_mean, soft_absorb, token_ce
 from difformer.diffusion.schedule import Schedule
+from difformer.errors import DifformerError
 from difformer.model.difformer import Difformer
 
 
@@ -27,10 +28,10 @@ def test_token_ce_with_label_smoothing_by_hand():
     assert token_ce(logits, tokens, mask, eps).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def tiny(embed_norm="input", vocab=12):
+def tiny(embed_norm="input", vocab=12, soft_absorb=0.0):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=vocab, embed_dim=8, d_model=16, n_heads=2, ffn_dim=32, enc_layers=1,
-                      dec_layers=1, dropout=0.0, max_positions=16, embed_norm=embed_norm)
+                      dec_layers=1, dropout=0.0, max_positions=16, embed_norm=embed_norm, soft_absorb=soft_absorb)
     return Difformer(cfg)
 
 
@@ -98,6 +99,43 @@ def test_min_t_clips_the_training_timesteps(monkeypatch):
         difformer_loss(model, Schedule("sqrt", 100), DiffusionConfig(timesteps=100, min_t=0.6), *batch())
     t = torch.cat(seen)
     assert t.min() >= 60 and t.max() <= 99 and t.min() < 70  # U{60..99}
+
+
+def test_soft_absorb_replaces_whole_positions_at_the_rate_of_each_row():
+    torch.manual_seed(0)
+    z = torch.randn(3, 4000, 8)
+    absorb = torch.full((8,), 7.0)
+    out = soft_absorb(z, absorb, torch.tensor([0.0, 0.3, 1.0]))
+    hit = (out == 7.0).all(-1)  # (3, 4000): a position is replaced whole or not at all
+    assert ((out == 7.0) == hit[..., None]).all()
+    assert torch.equal(out[~hit], z[~hit])
+    assert hit[0].sum() == 0 and hit[2].all() and abs(hit[1].float().mean().item() - 0.3) < 0.03
+
+
+def test_soft_absorb_rate_follows_the_noise_level_and_trains_the_absorbing_latent(monkeypatch):
+    rates = []
+    real = soft_absorb
+    monkeypatch.setattr("difformer.diffusion.losses.soft_absorb", lambda z, a, r: rates.append(r) or real(z, a, r))
+    seen_t = []
+    add_noise = Schedule.add_noise
+    monkeypatch.setattr(Schedule, "add_noise", lambda self, z0, n, t, *a: seen_t.append(t) or add_noise(self, z0, n, t, *a))
+    model = tiny(soft_absorb=0.5)
+    schedule = Schedule("sqrt", 100)
+    loss, _ = run(model, min_t=0.9)  # nearly pure noise: rate close to 0.5, so some positions absorb
+    loss.backward()
+    expected = 0.5 * (1 - schedule.alphas_cumprod[seen_t[0]]).sqrt().float()
+    assert torch.allclose(rates[0], expected) and (rates[0] > 0.45).all()
+    assert model.absorb.grad is not None and model.absorb.grad.abs().sum() > 0
+
+
+def test_soft_absorb_off_adds_no_parameter():
+    """Model directories written before the switch existed keep loading: same state dict keys."""
+    assert tiny().absorb is None and "absorb" not in tiny().state_dict()
+    assert tuple(tiny(soft_absorb=0.5).state_dict()["absorb"].shape) == (8,)
+    with pytest.raises(DifformerError, match="soft_absorb"):
+        ModelConfig(arch="transformer", soft_absorb=0.5).validate()
+    with pytest.raises(DifformerError, match="soft_absorb"):
+        ModelConfig(soft_absorb=1.5).validate()
 
 
 def test_self_conditioning_switch_controls_the_extra_pass(monkeypatch):

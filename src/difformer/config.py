@@ -44,6 +44,10 @@ class ModelConfig:
     # scale the noise assumes. The reference's BERT init (0.02) starts z0 tiny, and Adam can then collapse
     # E onto the decoder output before the anchor loss separates the words: see the quickstart notes.
     embed_init_std: float | None = None
+    # DiffuSeq-v2's soft absorbing state, lambda: in training each target position of z_t is replaced by a
+    # learned embedding (the model's `absorb`) with probability lambda * sqrt(1 - abar_t), a discrete noise
+    # beside the Gaussian one; 0: off (and no `absorb` parameter, so older model directories load as before)
+    soft_absorb: float = 0.0
 
     def validate(self) -> None:
         _check(self.arch in ("difformer", "transformer"),
@@ -58,6 +62,8 @@ class ModelConfig:
         _check(self.vocab_size >= 0, "model.vocab_size must be >= 0")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _check(self.embed_init_std is None or self.embed_init_std > 0, "model.embed_init_std must be positive")
+        _check(0.0 <= self.soft_absorb <= 1.0, "model.soft_absorb is a probability scale in [0, 1]")
+        _check(self.soft_absorb == 0.0 or self.arch == "difformer", "model.soft_absorb is for arch difformer only")
 
 
 @dataclass

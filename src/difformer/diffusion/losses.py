@@ -25,6 +25,14 @@ def token_ce(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, smo
     return masked_mean(ce, mask)  # (B, V, T) vs (B, T) -> mean over real tokens
 
 
+def soft_absorb(z_t: torch.Tensor, absorb: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    """DiffuSeq-v2's soft absorbing state: each position of z_t (B, T, e) becomes the learned latent `absorb`
+    (e,) with probability rate (B,), so the denoiser also learns to fill in whole missing words, as a
+    masked model does. Training only: sampling never absorbs."""
+    hit = torch.rand(z_t.shape[:2], device=z_t.device) < rate[:, None]  # (B, T)
+    return torch.where(hit[..., None], absorb.to(z_t.dtype), z_t)
+
+
 def difformer_loss(model: Difformer, schedule: Schedule, cfg: DiffusionConfig, src: torch.Tensor,
                    src_mask: torch.Tensor, tgt: torch.Tensor, tgt_mask: torch.Tensor,
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -35,6 +43,8 @@ def difformer_loss(model: Difformer, schedule: Schedule, cfg: DiffusionConfig, s
     z0 = model.embed_target(tgt)  # (B, T, e), gradient flows into E
     t = torch.randint(round(cfg.min_t * schedule.timesteps), schedule.timesteps, (B,), device=src.device)
     z_t = schedule.add_noise(z0, torch.randn_like(z0), t, cfg.noise_factor, cfg.noise_mode)
+    if model.absorb is not None:
+        z_t = soft_absorb(z_t, model.absorb, model.cfg.soft_absorb * schedule.noise_level(t))
     time = schedule.model_time(t)
 
     p = torch.zeros_like(z_t)

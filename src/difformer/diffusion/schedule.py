@@ -50,12 +50,20 @@ class Schedule:
         """What the network is fed for step t: t * 1000 / T."""
         return t.float() * (1000.0 / self.timesteps)
 
+    def abar(self, t: torch.Tensor) -> torch.Tensor:
+        """abar_t (B,) float64 on t's device."""
+        if self._abar_device.device != t.device:
+            self._abar_device = self.alphas_cumprod.to(t.device)
+        return self._abar_device[t]
+
+    def noise_level(self, t: torch.Tensor) -> torch.Tensor:
+        """sqrt(1 - abar_t) (B,) float32: the noise's share of z_t, F aside."""
+        return (1.0 - self.abar(t)).sqrt().float()
+
     def add_noise(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, noise_factor: float = 1.0,
                   mode: str = "scale") -> torch.Tensor:
         """z_t = sqrt(abar_t) z0 + F sqrt(1 - abar_t) eps ("scale"), or the VP schedule with the same SNR."""
-        if self._abar_device.device != z0.device:
-            self._abar_device = self.alphas_cumprod.to(z0.device)
-        abar = self._abar_device[t]  # (B,)
+        abar = self.abar(t)  # (B,)
         if mode == "vp":
             abar, noise_factor = vp_rescale(abar, noise_factor), 1.0
         a = abar.sqrt().float()[:, None, None]

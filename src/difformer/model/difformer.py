@@ -52,6 +52,8 @@ class Difformer(nn.Module):
             DecoderLayer(d, cfg.n_heads, cfg.ffn_dim, cfg.dropout, cfg.norm_first) for _ in range(cfg.dec_layers))
         self.dec_norm = nn.LayerNorm(d) if cfg.norm_first else nn.Identity()
         self.proj_out = nn.Linear(d, e)
+        # the soft absorbing state (model.soft_absorb): one learned latent, at the scale of z0's dimensions
+        self.absorb = nn.Parameter(torch.randn(e)) if cfg.soft_absorb > 0 else None
         self.apply(_bert_init)
         nn.init.normal_(self.embed.weight, std=cfg.embed_init_std or e ** -0.5)
 
