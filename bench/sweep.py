@@ -104,8 +104,8 @@ def markdown(results: dict) -> str:
                          f"| {same} | {best['valid_bleu']} ({best['update']}) | {r['valid'][-1]['valid_bleu']} | "
                          f"{r['test2016']} |")
         first = next(iter(arms.values()))
-        lines += ["", f"Machine: {first['machine']}; data `{first['data']}`; commands: `{first['command']}`, "
-                  f"commit {first['commit']}", ""]
+        runs = "; ".join(f"`{c}` (commit {k})" for c, k in dict.fromkeys((r["command"], r["commit"]) for r in arms.values()))
+        lines += ["", f"Machine: {first['machine']}; data `{first['data']}`; commands: {runs}", ""]
     if results.get("decoding"):
         rows = list(results["decoding"].values())
         lines += ["## Decoding levers (1x1, 20 steps; chosen on all 1,014 valid sentences)", "",
