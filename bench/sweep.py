@@ -61,31 +61,32 @@ def valid_curve(run: Path) -> list[dict]:
     return out
 
 
-def bleu_of(pipe, data: Path, split: str, options: dict) -> tuple[float, float]:
-    """sacreBLEU of one decoding of a split, and sentences per second."""
-    sources = (data / f"{split}.de").read_text(encoding="utf-8").splitlines()
+def bleu_of(pipe, split: tuple[list[str], list[str]], options: dict) -> tuple[float, float]:
+    """sacreBLEU of one decoding of a split's (sources, references), and sentences per second."""
+    sources, refs = split
     with timed() as t:
         hyps = pipe.generate(sources, **options)
-    refs = (data / f"{split}.en").read_text(encoding="utf-8").splitlines()
     return round(corpus_bleu(hyps, refs).score, 2), round(len(sources) / t["wall"], 1)
 
 
 def decoding_levers(models: list[Path], data: Path, results: dict) -> None:
     """Each model with each decoding of DECODINGS: all 1,014 valid sentences to choose on, test2016 beside."""
     rows = results.setdefault("decoding", {})
+    valid, test = ([(data / f"{split}.{lang}").read_text(encoding="utf-8").splitlines() for lang in ("de", "en")]
+                   for split in ("valid", "test"))  # read once, decoded len(models) x len(DECODINGS) times
     for model in models:
         pipe = load(model, device="cpu")
         for name, options in DECODINGS.items():
             key = f"{model} {name}"
             if key in rows:
                 continue
-            valid, speed = bleu_of(pipe, data, "valid", options)
-            test, _ = bleu_of(pipe, data, "test", options)
-            rows[key] = {"model": str(model), "decoding": name, "options": options, "valid": valid, "test2016": test,
-                         "valid_sentences_per_second": speed, "machine": machine(), "commit": commit(),
-                         "command": command()}
+            valid_bleu, speed = bleu_of(pipe, valid, options)
+            test_bleu, _ = bleu_of(pipe, test, options)
+            rows[key] = {"model": str(model), "decoding": name, "options": options, "valid": valid_bleu,
+                         "test2016": test_bleu, "valid_sentences_per_second": speed, "machine": machine(),
+                         "commit": commit(), "command": command()}
             save_results(NAME, results, markdown(results))
-            print(f"{key}: valid {valid}, test2016 {test}, {speed} sentences/s", flush=True)
+            print(f"{key}: valid {valid_bleu}, test2016 {test_bleu}, {speed} sentences/s", flush=True)
 
 
 def markdown(results: dict) -> str:
