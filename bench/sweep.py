@@ -5,6 +5,7 @@ on one machine: validation BLEU per update and per minute, and test2016 once per
     python bench/sweep.py --arms control lr-cosine-3e-3     # some arms
     python bench/sweep.py --minutes 25 --arms control lr-cosine --tag confirm   # confirm the winners
     python bench/sweep.py --data bench/work/teacher/multi30k-distilled --tag distilled   # on distilled targets
+    python bench/sweep.py --minutes 25 --set train.seed=2 --tag seed2 --arms control min-t-0.1   # another seed
     python bench/sweep.py --decoding MODEL [MODEL ...]      # the decoding levers, free at training time
 
 Arms are chosen on validation BLEU (the best of the run, and at the last validation); test2016 (1x1) is
@@ -40,6 +41,7 @@ ARMS = {
     "self-cond-0.25": ["diffusion.self_cond=0.25"],
     "dropout-0": ["model.dropout=0"],
     "min-t-0.1": ["diffusion.min_t=0.1"],
+    "min-t-0.2": ["diffusion.min_t=0.2"],
     "soft-absorb-0.5": ["model.soft_absorb=0.5"],
     # the 10-minute winners together (each beat the control's best valid BLEU by 0.85 or more), for 25 minutes
     "winners": ["train.lr_schedule=cosine", "diffusion.min_t=0.1", "model.dropout=0", "model.embed_dim=64"],
@@ -126,6 +128,8 @@ def main() -> None:
                    help="raw Multi30k: prepared once, and its test2016 references")
     p.add_argument("--data", type=Path, help="a prepared directory to train on instead (distilled targets)")
     p.add_argument("--work", type=Path, default=HERE / "work")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides for every arm of the batch, the control included (another seed: train.seed=2)")
     p.add_argument("--decoding", type=Path, nargs="+", metavar="MODEL",
                    help="instead of training: decode valid and test2016 with each of the decoding levers")
     args = p.parse_args()
@@ -141,7 +145,7 @@ def main() -> None:
             continue
         run = args.work / NAME / tag / arm
         cfg = load_config("multi30k", [f"train.data={data}", f"train.save_dir={run}",
-                                       f"train.max_minutes={args.minutes}", *ARMS[arm]])
+                                       f"train.max_minutes={args.minutes}", *args.set, *ARMS[arm]])
         started = run / "commit.txt"  # the code the run was started with, kept across resumes
         if not started.exists():
             run.mkdir(parents=True, exist_ok=True)
@@ -152,7 +156,7 @@ def main() -> None:
         record.pop("valid_bleu_curve")  # by minutes only; `valid` has updates and minutes
         valid = valid_curve(run)
         test = decode_test(run / "model", args.raw, ["1x1"])[0]
-        batch[arm] = {**record, "overrides": ARMS[arm], "data": str(data), "valid": valid,
+        batch[arm] = {**record, "overrides": args.set + ARMS[arm], "data": str(data), "valid": valid,
                       "best_valid_bleu": max(v["valid_bleu"] for v in valid), "test2016": test["sacrebleu"]}
         save_results(NAME, results, markdown(results))
         print(f"{tag}/{arm}: best valid BLEU {batch[arm]['best_valid_bleu']}, test2016 {test['sacrebleu']}")
