@@ -21,12 +21,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command, commit, load_results, machine, save_results, timed  # noqa: E402
+from common import command, commit, load_results, machine, save_results, scored, split_text  # noqa: E402
 from multi30k import decode_test, prepared, train_run, training_record  # noqa: E402
 
 from difformer.config import load_config  # noqa: E402
 from difformer.generate import load  # noqa: E402
-from difformer.metrics import corpus_bleu  # noqa: E402
 
 HERE = Path(__file__).parent
 NAME = "sweep"
@@ -63,27 +62,19 @@ def valid_curve(run: Path) -> list[dict]:
     return out
 
 
-def bleu_of(pipe, split: tuple[list[str], list[str]], options: dict) -> tuple[float, float]:
-    """sacreBLEU of one decoding of a split's (sources, references), and sentences per second."""
-    sources, refs = split
-    with timed() as t:
-        hyps = pipe.generate(sources, **options)
-    return round(corpus_bleu(hyps, refs).score, 2), round(len(sources) / t["wall"], 1)
-
-
 def decoding_levers(models: list[Path], data: Path, results: dict) -> None:
     """Each model with each decoding of DECODINGS: all 1,014 valid sentences to choose on, test2016 beside."""
     rows = results.setdefault("decoding", {})
-    valid, test = ([(data / f"{split}.{lang}").read_text(encoding="utf-8").splitlines() for lang in ("de", "en")]
-                   for split in ("valid", "test"))  # read once, decoded len(models) x len(DECODINGS) times
+    valid, test = split_text(data, "valid"), split_text(data, "test")  # read once, decoded many times
     for model in models:
         pipe = load(model, device="cpu")
         for name, options in DECODINGS.items():
             key = f"{model} {name}"
             if key in rows:
                 continue
-            valid_bleu, speed = bleu_of(pipe, valid, options)
-            test_bleu, _ = bleu_of(pipe, test, options)
+            _, valid_bleu, t = scored(pipe, *valid, **options)
+            valid_bleu, speed = round(valid_bleu.score, 2), round(t["sentences_per_second"], 1)
+            test_bleu = round(scored(pipe, *test, **options)[1].score, 2)
             rows[key] = {"model": str(model), "decoding": name, "options": options, "valid": valid_bleu,
                          "test2016": test_bleu, "valid_sentences_per_second": speed, "machine": machine(),
                          "commit": commit(), "command": command()}
