@@ -100,6 +100,7 @@ def markdown(results: dict) -> str:
         first = next(iter(arms.values()))
         runs = "; ".join(f"`{c}` (commit {k})" for c, k in dict.fromkeys((r["command"], r["commit"]) for r in arms.values()))
         lines += ["", f"Machine: {first['machine']}; data `{first['data']}`; commands: {runs}", ""]
+    lines += against_control(results.get("batches", {}))
     if results.get("decoding"):
         rows = list(results["decoding"].values())
         lines += ["## Decoding levers (1x1, 20 steps; chosen on all 1,014 valid sentences)", "",
@@ -108,6 +109,23 @@ def markdown(results: dict) -> str:
                   f"{r['valid_sentences_per_second']} |" for r in rows]
         lines += ["", f"Machine: {rows[0]['machine']}; command: `{rows[0]['command']}`, commit {rows[0]['commit']}", ""]
     return "\n".join(lines) + "\n"
+
+
+def against_control(batches: dict) -> list[str]:
+    """Each arm minus the control of its own batch, arm by arm across batches: whether a gain repeats with
+    another seed or budget (a difference between runs of one batch, never a number from two machines)."""
+    rows = [(arm, tag, r, arms["control"]) for tag, arms in batches.items() for arm, r in arms.items()
+            if arm != "control" and "control" in arms]
+    if not rows:
+        return []
+    lines = ["## Against the control of the same batch", "", "| arm | batch | valid BLEU at a common update | "
+             "best valid BLEU | test2016 1x1 |", "|---|---|---|---|---|"]
+    for arm, tag, r, c in sorted(rows, key=lambda x: x[0]):
+        at = max({v["update"] for v in r["valid"]} & {v["update"] for v in c["valid"]})
+        same = [next(v["valid_bleu"] for v in x["valid"] if v["update"] == at) for x in (r, c)]
+        lines.append(f"| {arm} | {tag} | {same[0] - same[1]:+.2f} (update {at}) | "
+                     f"{r['best_valid_bleu'] - c['best_valid_bleu']:+.2f} | {r['test2016'] - c['test2016']:+.2f} |")
+    return lines + [""]
 
 
 def main() -> None:
