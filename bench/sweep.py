@@ -41,6 +41,7 @@ ARMS = {
     "dropout-0": ["model.dropout=0"],
     "min-t-0.1": ["diffusion.min_t=0.1"],
     "min-t-0.2": ["diffusion.min_t=0.2"],
+    "time-loss": ["diffusion.time_sampling=loss"],
     "soft-absorb-0.5": ["model.soft_absorb=0.5"],
     # the 10-minute winners together (each beat the control's best valid BLEU by 0.85 or more), for 25 minutes
     "winners": ["train.lr_schedule=cosine", "diffusion.min_t=0.1", "model.dropout=0", "model.embed_dim=64"],
