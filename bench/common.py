@@ -1,4 +1,5 @@
-"""Shared bits of the benchmarks: machine description, JSON results that record finished runs, timing."""
+"""Shared bits of the benchmarks: machine description, JSON results that record finished runs, timing, and
+the decode-and-score every translation benchmark runs."""
 from __future__ import annotations
 
 import json
@@ -72,3 +73,19 @@ def timed():
     out["wall"] = time.perf_counter() - wall
     out["cpu"] = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
                   + c1.ru_utime - c0.ru_utime + c1.ru_stime - c0.ru_stime)
+
+
+def split_text(data: Path, split: str, src: str = "de", tgt: str = "en") -> tuple[list[str], list[str]]:
+    """The (sources, references) of a raw corpus split: data/split.src and data/split.tgt, a line each."""
+    return tuple((data / f"{split}.{lang}").read_text(encoding="utf-8").splitlines() for lang in (src, tgt))
+
+
+def scored(pipe, sources: list[str], refs: list[str], **options):
+    """Decode `sources` with `options` and score them against `refs`: (hypotheses, sacreBLEU, timing), the
+    timing being timed()'s wall and CPU seconds plus sentences per second."""
+    from difformer.metrics import corpus_bleu
+
+    with timed() as t:
+        hyps = pipe.generate(sources, **options)
+    t["sentences_per_second"] = len(sources) / t["wall"]
+    return hyps, corpus_bleu(hyps, refs), t

@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command, commit, load_results, machine, save_results, timed  # noqa: E402
+from common import command, commit, load_results, machine, save_results, scored, split_text  # noqa: E402
 
 from difformer.generate import load  # noqa: E402
-from difformer.metrics import corpus_bleu  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -68,8 +67,7 @@ def main() -> None:
                    help="compare: only the rows decoded in every precision (20 steps, 1x1 and 7x3)")
     p.add_argument("--name", default="decoding", help="results file name (results/NAME.json and .md)")
     args = p.parse_args()
-    sources = (args.data / "test.de").read_text(encoding="utf-8").splitlines()
-    refs = (args.data / "test.en").read_text(encoding="utf-8").splitlines()
+    sources, refs = split_text(args.data, "test")
     results = load_results(args.name)
     results.update({"model": str(args.model), "machine": machine(), "commit": commit(), "command": command()})
     results.setdefault("rows", {})
@@ -83,18 +81,16 @@ def main() -> None:
             key = f"{precision} steps={s['steps']} early={s['early_stop']} {beams}{batch}"
             if key in results["rows"]:
                 continue
-            with timed() as t:
-                hyps = pipe.generate(sources, **s)
-            bleu = corpus_bleu(hyps, refs)
+            hyps, bleu, t = scored(pipe, sources, refs, **s)
             cfg = pipe.decode_config(**s)
             results["rows"][key] = {**s, "precision": precision, "candidates": beams, "nfe": cfg.nfe,
                                     "sacrebleu": round(bleu.score, 2), "signature": bleu.signature,
-                                    "sentences_per_second": round(len(sources) / t["wall"], 1),
+                                    "sentences_per_second": round(t["sentences_per_second"], 1),
                                     "cpu_seconds": round(t["cpu"], 1)}
             if "max_tokens" in s:  # the same decoding in length-sorted batches: the outputs batching changes
                 batched = pipe.generate(sources, **{k: v for k, v in s.items() if k != "max_tokens"})
                 results["rows"][key]["differs_from_batched"] = sum(a != b for a, b in zip(hyps, batched, strict=True))
-            print(f"{key}: BLEU {bleu.score:.2f}, {len(sources) / t['wall']:.1f} sent/s", flush=True)
+            print(f"{key}: BLEU {bleu.score:.2f}, {t['sentences_per_second']:.1f} sent/s", flush=True)
             save_results(args.name, results, markdown(results))
 
 

@@ -15,13 +15,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command, commit, load_results, machine, save_results, timed  # noqa: E402
+from common import command, commit, load_results, machine, save_results, scored, split_text, timed  # noqa: E402
 
 from difformer.analyze import pyplot  # noqa: E402
 from difformer.config import Config, load_config  # noqa: E402
 from difformer.data.prepare import prepare  # noqa: E402
 from difformer.generate import load  # noqa: E402
-from difformer.metrics import corpus_bleu  # noqa: E402
 from difformer.train import train  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -39,20 +38,17 @@ def prepared(data: Path, work: Path) -> Path:
 
 def decode_test(model_dir: Path, data: Path, settings: list[str]) -> list[dict]:
     pipe = load(model_dir, device="cpu")  # a CPU benchmark, also on a machine with a GPU
-    sources = (data / "test.de").read_text(encoding="utf-8").splitlines()
-    refs = (data / "test.en").read_text(encoding="utf-8").splitlines()
+    sources, refs = split_text(data, "test")
     rows = []
     for setting in settings:
         l, n = map(int, setting.split("x"))
-        with timed() as t:
-            hyps = pipe.generate(sources, length_beam=l, noise_beam=n)
+        _, bleu, t = scored(pipe, sources, refs, length_beam=l, noise_beam=n)
         cfg = pipe.decode_config(length_beam=l, noise_beam=n)
-        bleu = corpus_bleu(hyps, refs)
         rows.append({"setting": cfg.describe(), "candidates": setting, "sacrebleu": round(bleu.score, 2),
                      "signature": bleu.signature, "nfe": cfg.nfe, "precision": pipe.precision,
                      "decode_seconds": round(t["wall"], 1),
-                     "decode_sentences_per_second": round(len(sources) / t["wall"], 1)})
-        print(f"  {setting}: BLEU {bleu.score:.2f}, {len(sources) / t['wall']:.1f} sentences/s", flush=True)
+                     "decode_sentences_per_second": round(t["sentences_per_second"], 1)})
+        print(f"  {setting}: BLEU {bleu.score:.2f}, {t['sentences_per_second']:.1f} sentences/s", flush=True)
     return rows
 
 

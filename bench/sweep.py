@@ -21,12 +21,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command, commit, load_results, machine, save_results, timed  # noqa: E402
+from common import command, commit, load_results, machine, save_results, scored, split_text  # noqa: E402
 from multi30k import decode_test, prepared, train_run, training_record  # noqa: E402
 
 from difformer.config import load_config  # noqa: E402
 from difformer.generate import load  # noqa: E402
-from difformer.metrics import corpus_bleu  # noqa: E402
 
 HERE = Path(__file__).parent
 NAME = "sweep"
@@ -42,6 +41,7 @@ ARMS = {
     "dropout-0": ["model.dropout=0"],
     "min-t-0.1": ["diffusion.min_t=0.1"],
     "min-t-0.2": ["diffusion.min_t=0.2"],
+    "time-loss": ["diffusion.time_sampling=loss"],
     "soft-absorb-0.5": ["model.soft_absorb=0.5"],
     # the 10-minute winners together (each beat the control's best valid BLEU by 0.85 or more), for 25 minutes
     "winners": ["train.lr_schedule=cosine", "diffusion.min_t=0.1", "model.dropout=0", "model.embed_dim=64"],
@@ -63,27 +63,19 @@ def valid_curve(run: Path) -> list[dict]:
     return out
 
 
-def bleu_of(pipe, split: tuple[list[str], list[str]], options: dict) -> tuple[float, float]:
-    """sacreBLEU of one decoding of a split's (sources, references), and sentences per second."""
-    sources, refs = split
-    with timed() as t:
-        hyps = pipe.generate(sources, **options)
-    return round(corpus_bleu(hyps, refs).score, 2), round(len(sources) / t["wall"], 1)
-
-
 def decoding_levers(models: list[Path], data: Path, results: dict) -> None:
     """Each model with each decoding of DECODINGS: all 1,014 valid sentences to choose on, test2016 beside."""
     rows = results.setdefault("decoding", {})
-    valid, test = ([(data / f"{split}.{lang}").read_text(encoding="utf-8").splitlines() for lang in ("de", "en")]
-                   for split in ("valid", "test"))  # read once, decoded len(models) x len(DECODINGS) times
+    valid, test = split_text(data, "valid"), split_text(data, "test")  # read once, decoded many times
     for model in models:
         pipe = load(model, device="cpu")
         for name, options in DECODINGS.items():
             key = f"{model} {name}"
             if key in rows:
                 continue
-            valid_bleu, speed = bleu_of(pipe, valid, options)
-            test_bleu, _ = bleu_of(pipe, test, options)
+            _, valid_bleu, t = scored(pipe, *valid, **options)
+            valid_bleu, speed = round(valid_bleu.score, 2), round(t["sentences_per_second"], 1)
+            test_bleu = round(scored(pipe, *test, **options)[1].score, 2)
             rows[key] = {"model": str(model), "decoding": name, "options": options, "valid": valid_bleu,
                          "test2016": test_bleu, "valid_sentences_per_second": speed, "machine": machine(),
                          "commit": commit(), "command": command()}
@@ -109,6 +101,7 @@ def markdown(results: dict) -> str:
         first = next(iter(arms.values()))
         runs = "; ".join(f"`{c}` (commit {k})" for c, k in dict.fromkeys((r["command"], r["commit"]) for r in arms.values()))
         lines += ["", f"Machine: {first['machine']}; data `{first['data']}`; commands: {runs}", ""]
+    lines += against_control(results.get("batches", {}))
     if results.get("decoding"):
         rows = list(results["decoding"].values())
         lines += ["## Decoding levers (1x1, 20 steps; chosen on all 1,014 valid sentences)", "",
@@ -117,6 +110,23 @@ def markdown(results: dict) -> str:
                   f"{r['valid_sentences_per_second']} |" for r in rows]
         lines += ["", f"Machine: {rows[0]['machine']}; command: `{rows[0]['command']}`, commit {rows[0]['commit']}", ""]
     return "\n".join(lines) + "\n"
+
+
+def against_control(batches: dict) -> list[str]:
+    """Each arm minus the control of its own batch, arm by arm across batches: whether a gain repeats with
+    another seed or budget (a difference between runs of one batch, never a number from two machines)."""
+    rows = [(arm, tag, r, arms["control"]) for tag, arms in batches.items() for arm, r in arms.items()
+            if arm != "control" and "control" in arms]
+    if not rows:
+        return []
+    lines = ["## Against the control of the same batch", "", "| arm | batch | valid BLEU at a common update | "
+             "best valid BLEU | test2016 1x1 |", "|---|---|---|---|---|"]
+    for arm, tag, r, c in sorted(rows, key=lambda x: x[0]):
+        at = max({v["update"] for v in r["valid"]} & {v["update"] for v in c["valid"]})
+        same = [next(v["valid_bleu"] for v in x["valid"] if v["update"] == at) for x in (r, c)]
+        lines.append(f"| {arm} | {tag} | {same[0] - same[1]:+.2f} (update {at}) | "
+                     f"{r['best_valid_bleu'] - c['best_valid_bleu']:+.2f} | {r['test2016'] - c['test2016']:+.2f} |")
+    return lines + [""]
 
 
 def main() -> None:

@@ -21,13 +21,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command, commit, load_results, machine, save_results, timed  # noqa: E402
+from common import command, commit, load_results, machine, save_results, scored, split_text, timed  # noqa: E402
 from multi30k import prepared, train_run, training_record  # noqa: E402
 
 from difformer.config import load_config  # noqa: E402
 from difformer.distill import distill  # noqa: E402
 from difformer.generate import load  # noqa: E402
-from difformer.metrics import corpus_bleu  # noqa: E402
 
 HERE = Path(__file__).parent
 NAME = "teacher"
@@ -40,19 +39,16 @@ DIFFUSION = {"1x1": {"length_beam": 1, "noise_beam": 1},
 def decode_rows(model_dir: Path, data: Path, settings: dict[str, dict], reranker: Path | None = None) -> list[dict]:
     """Decode test2016 with each setting: sacreBLEU, sentences/s, NFE and the decoding report."""
     pipe = load(model_dir, device="cpu", reranker=reranker)  # a CPU benchmark
-    sources = (data / "test.de").read_text(encoding="utf-8").splitlines()
-    refs = (data / "test.en").read_text(encoding="utf-8").splitlines()
+    sources, refs = split_text(data, "test")
     rows = []
     for name, options in settings.items():
         cfg = pipe.decode_config(**options)
-        with timed() as t:
-            hyps = pipe.generate(sources, **options)
-        bleu = corpus_bleu(hyps, refs)
+        _, bleu, t = scored(pipe, sources, refs, **options)
         nfe = cfg.nfe if pipe.arch == "difformer" else None
         rows.append({"decoding": name, "setting": pipe.describe(cfg), "nfe": nfe, "sacrebleu": round(bleu.score, 2),
                      "signature": bleu.signature, "precision": pipe.precision, "decode_seconds": round(t["wall"], 1),
-                     "sentences_per_second": round(len(sources) / t["wall"], 1), "decode_commit": commit()})
-        print(f"  {name}: BLEU {bleu.score:.2f}, {len(sources) / t['wall']:.1f} sentences/s", flush=True)
+                     "sentences_per_second": round(t["sentences_per_second"], 1), "decode_commit": commit()})
+        print(f"  {name}: BLEU {bleu.score:.2f}, {t['sentences_per_second']:.1f} sentences/s", flush=True)
     return rows
 
 

@@ -107,9 +107,11 @@ def test_two_ranks_match_one_process_accumulating_the_same_batches(tiny_data, tm
     assert r.stdout.count("model directory:") == 1
 
 
-def test_sigterm_to_one_rank_stops_both_after_one_checkpoint_and_resume_is_exact(tiny_data, tmp_path):
+@pytest.mark.parametrize("time_sampling", ["uniform", "loss"])  # loss: a history the ranks agree on
+def test_sigterm_to_one_rank_stops_both_after_one_checkpoint_and_resume_is_exact(tiny_data, tmp_path, time_sampling):
     cfg = tiny_config(tiny_data, tmp_path / "stopped", max_updates=150, validate_every=1000, log_every=1,
                       precision="fp32")
+    cfg.diffusion.time_sampling = time_sampling
     ranks = Ranks(write_config(cfg, tmp_path / "stopped.yaml"), tmp_path / "logs1")
     deadline = time.monotonic() + 120
     while logged_update(tmp_path / "stopped") < 5:
@@ -130,6 +132,7 @@ def test_sigterm_to_one_rank_stops_both_after_one_checkpoint_and_resume_is_exact
     assert resumed.wait() == [0, 0], resumed.stderr()
     straight_cfg = tiny_config(tiny_data, tmp_path / "straight", max_updates=150, validate_every=1000, log_every=1,
                                precision="fp32")
+    straight_cfg.diffusion.time_sampling = time_sampling
     straight = Ranks(write_config(straight_cfg, tmp_path / "straight.yaml"), tmp_path / "logs3")
     assert straight.wait() == [0, 0], straight.stderr()
     a, b = weights(tmp_path / "stopped", "update_0000150"), weights(tmp_path / "straight", "update_0000150")

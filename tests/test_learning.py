@@ -1,5 +1,5 @@
 """A tiny Difformer learns to reverse sequences: >= 95% token accuracy, decoded with the real sampler (with
-and without the soft absorbing state in training)."""
+and without the soft absorbing state or loss-aware timesteps in training)."""
 import pytest
 import torch
 
@@ -7,6 +7,7 @@ from difformer.config import DecodeConfig, DiffusionConfig, ModelConfig
 from difformer.diffusion.losses import difformer_loss
 from difformer.diffusion.sampling import generate_candidates
 from difformer.diffusion.schedule import Schedule
+from difformer.diffusion.timesteps import LossAwareTimesteps
 from difformer.model.difformer import Difformer
 
 PAD, BOS, EOS, FIRST, V = 0, 2, 3, 4, 14
@@ -23,23 +24,27 @@ def reversal_batch(n: int, g: torch.Generator):
     return src, src != PAD, tgt, tgt != PAD
 
 
-@pytest.mark.parametrize("soft_absorb", [0.0, 0.5], ids=["gaussian", "soft-absorbing"])
-def test_tiny_model_learns_reversal(soft_absorb):
+@pytest.mark.parametrize("soft_absorb, loss_aware", [(0.0, False), (0.5, False), (0.0, True)],
+                         ids=["gaussian", "soft-absorbing", "loss-aware-timesteps"])
+def test_tiny_model_learns_reversal(soft_absorb, loss_aware):
     torch.manual_seed(0)
     model = Difformer(ModelConfig(vocab_size=V, embed_dim=16, d_model=64, n_heads=4, ffn_dim=256, enc_layers=2,
                                   dec_layers=2, dropout=0.0, max_positions=16, soft_absorb=soft_absorb))
     schedule, diffusion = Schedule("sqrt", 2000), DiffusionConfig()
+    timesteps = LossAwareTimesteps(0, 2000) if loss_aware else None
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0.01)
     g = torch.Generator().manual_seed(1)
     first = None
     for step in range(700):
         for group in opt.param_groups:
             group["lr"] = 1e-3 * min(1.0, (step + 1) / 100)
-        loss, stats = difformer_loss(model, schedule, diffusion, *reversal_batch(64, g))
+        loss, stats = difformer_loss(model, schedule, diffusion, *reversal_batch(64, g), timesteps=timesteps)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if timesteps is not None:
+            timesteps.observe(stats["time_sq"], stats["time_n"])
         first = first or stats["loss"]
     assert stats["loss"] < first / 2
 

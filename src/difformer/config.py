@@ -76,7 +76,8 @@ class DiffusionConfig:
     label_smoothing: float = 0.1
     length_weight: float = 0.1
     self_cond: float = 0.5  # probability of a self-conditioning pass in training; 0 turns it off
-    time_sampling: str = "uniform"  # "uniform" over min_t * T .. T-1
+    # "uniform" over min_t * T .. T-1, or "loss": importance sampling by the recent loss (diffusion/timesteps.py)
+    time_sampling: str = "uniform"
     # DINOISER's clipping of the smallest noise levels: training draws no t below min_t * T (0: none); they
     # are nearly clean, so the denoiser learns little from them
     min_t: float = 0.0
@@ -91,8 +92,13 @@ class DiffusionConfig:
         _check(self.noise_factor >= 1.0, "diffusion.noise_factor must be >= 1")
         _check(0.0 <= self.self_cond <= 1.0, "diffusion.self_cond is a probability in [0, 1]")
         _check(0.0 <= self.label_smoothing < 1.0, "diffusion.label_smoothing must be in [0, 1)")
-        _check(self.time_sampling == "uniform", "diffusion.time_sampling must be uniform")
+        _check(self.time_sampling in ("uniform", "loss"), "diffusion.time_sampling must be uniform or loss")
         _check(0.0 <= self.min_t < 1.0, "diffusion.min_t is a fraction of the timesteps in [0, 1)")
+        if self.time_sampling == "loss":
+            from difformer.diffusion.timesteps import BUCKETS  # torch: imported only when it is used
+
+            _check(self.timesteps - round(self.min_t * self.timesteps) >= BUCKETS,
+                   f"diffusion.time_sampling loss needs >= {BUCKETS} timesteps from min_t x timesteps to T")
 
 
 @dataclass

@@ -62,10 +62,12 @@ def agree(stats: dict[str, torch.Tensor], tokens: int, seconds: float, flags: li
         return stats, tokens, seconds, flags
     device = next(iter(stats.values())).device
     host = torch.tensor([tokens, seconds, *map(float, flags)], dtype=torch.float64)
-    vec = torch.cat([torch.stack([v.double() for v in stats.values()]), host.to(device)])
+    sizes = [v.numel() for v in stats.values()]  # scalars, and the per-bucket vectors of loss-aware timesteps
+    vec = torch.cat([*(v.double().reshape(-1) for v in stats.values()), host.to(device)])
     all_reduce(vec, ranks)
-    n = len(stats)
-    mean = dict(zip(stats, (vec[:n] / ranks.world_size).float().unbind()))
+    n = sum(sizes)
+    parts = (vec[:n] / ranks.world_size).split(sizes)
+    mean = {k: x.reshape(v.shape).to(v.dtype) for (k, v), x in zip(stats.items(), parts)}
     rest = vec[n:].tolist()
     return mean, int(rest[0]), rest[1] / ranks.world_size, [x > 0 for x in rest[2:]]
 

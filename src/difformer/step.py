@@ -14,23 +14,27 @@ from torch.nn.parallel import DistributedDataParallel
 from difformer.config import Config
 from difformer.diffusion.losses import difformer_loss
 from difformer.diffusion.schedule import Schedule
+from difformer.diffusion.timesteps import LossAwareTimesteps
 from difformer.model.autoregressive import ARTransformer, ar_loss
 from difformer.model.difformer import Difformer
 from difformer.precision import autocast
 
 
 class Objective(torch.nn.Module):
-    """(src, src_mask, tgt, tgt_mask) -> (loss, statistics as device scalars): difformer_loss for a
-    Difformer, label-smoothed cross-entropy for the autoregressive model."""
+    """(src, src_mask, tgt, tgt_mask) -> (loss, statistics as device tensors): difformer_loss for a
+    Difformer (t drawn by `timesteps` when given, uniformly otherwise), label-smoothed cross-entropy for the
+    autoregressive model."""
 
-    def __init__(self, model: Difformer | ARTransformer, schedule: Schedule | None, cfg: Config):
+    def __init__(self, model: Difformer | ARTransformer, schedule: Schedule | None, cfg: Config,
+                 timesteps: LossAwareTimesteps | None = None):
         super().__init__()
-        self.model, self.schedule, self.cfg = model, schedule, cfg
+        self.model, self.schedule, self.cfg, self.timesteps = model, schedule, cfg, timesteps
 
     def forward(self, src, src_mask, tgt, tgt_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.schedule is None:
             return ar_loss(self.model, src, src_mask, tgt, tgt_mask, self.cfg.train.label_smoothing)
-        return difformer_loss(self.model, self.schedule, self.cfg.diffusion, src, src_mask, tgt, tgt_mask)
+        return difformer_loss(self.model, self.schedule, self.cfg.diffusion, src, src_mask, tgt, tgt_mask,
+                              self.timesteps)
 
 
 def accumulate(objective: Objective | DistributedDataParallel, batches: list[list[torch.Tensor]],

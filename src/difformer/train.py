@@ -26,6 +26,7 @@ from difformer.config import Config, TrainConfig, save_config
 from difformer.data.binarize import PairDataset
 from difformer.data.loader import Loader, check_max_tokens, collate, epoch_batches
 from difformer.data.tokenizer import Tokenizer
+from difformer.diffusion.timesteps import LossAwareTimesteps
 from difformer.errors import DifformerError
 from difformer.generate import decode_ids
 from difformer.metrics import corpus_bleu, rouge
@@ -86,6 +87,9 @@ class Trainer:
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         self.model = hub.build_model(cfg.model).to(self.device)
         self.schedule = hub.build_schedule(cfg)
+        d = cfg.diffusion
+        self.timesteps = (LossAwareTimesteps(round(d.min_t * d.timesteps), d.timesteps, self.device)
+                          if self.schedule is not None and d.time_sampling == "loss" else None)
         warm = None
         if t.init_from and not resume:  # on resume the checkpoint holds the weights
             warm = hub.init_from(self.model, t.init_from, data / "tokenizer.model")
@@ -102,7 +106,8 @@ class Trainer:
         if resume:
             self._resume()
         self.saved_at = self.state.update  # the update of the newest checkpoint
-        self.objective: Objective | DistributedDataParallel = Objective(self.model, self.schedule, cfg)
+        self.objective: Objective | DistributedDataParallel = Objective(self.model, self.schedule, cfg,
+                                                                        self.timesteps)
         if self.ranks.world_size > 1:
             self.objective = DistributedDataParallel(self.objective, device_ids=[self.device.index]
                                                      if self.device.type == "cuda" else None)
@@ -116,7 +121,7 @@ class Trainer:
 
     def loss(self, src, src_mask, tgt, tgt_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training objective of the model's kind for one batch: (loss, stats as device scalars)."""
-        return Objective(self.model, self.schedule, self.cfg)(src, src_mask, tgt, tgt_mask)
+        return Objective(self.model, self.schedule, self.cfg, self.timesteps)(src, src_mask, tgt, tgt_mask)
 
     def _prepare_save_dir(self, resume: bool) -> None:
         """Every rank checks (so that all fail alike); rank 0 alone writes: a new run's directory, or on resume
@@ -149,6 +154,11 @@ class Trainer:
         name = checkpoint.read_last(self.ckpt_dir)
         self.state = checkpoint.load(self.ckpt_dir / name, self.model, self.optimizer, self.cfg, self.device,
                                      self.ranks.rank, self.ranks.world_size)
+        if self.timesteps is not None:
+            try:
+                self.timesteps.load(self.state.time_mean_square)
+            except ValueError as e:
+                raise DifformerError(f"{self.ckpt_dir / name / 'state.json'}: damaged checkpoint ({e})") from None
         if self.ranks.main:
             self.log.end_at_a_full_line()
             hub.write_atomic(self.save_dir / "config.yaml", lambda p: save_config(self.cfg, p))
@@ -207,6 +217,8 @@ class Trainer:
                 self.state.best.append([self.selection_score(stats), name])
                 self.state.best.sort(key=lambda b: -b[0])
                 self.state.best = self.state.best[: self.cfg.train.keep_best]
+            if self.timesteps is not None:  # the same on every rank: it learns from agreed statistics
+                self.state.time_mean_square = self.timesteps.state()
             keep = {n for _, n in self.state.best[: self.cfg.train.keep_best]}
             checkpoint.save(self.ckpt_dir, name, self.model, self.optimizer, self.state, self.cfg, keep,
                             {k: v for r in rng for k, v in r.items()})
@@ -274,6 +286,7 @@ class Trainer:
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_norm)  # the same on every rank
         flags = [self.stop_signal == "SIGINT", self.stop_signal == "SIGTERM"]
         stats, tokens, st.seconds, (sigint, sigterm) = distributed.agree(stats, tokens, clock(), flags, self.ranks)
+        history = [stats.pop(k) for k in ("time_sq", "time_n")] if self.timesteps is not None else None
         if sigint or sigterm:
             self.stopped_by = "SIGTERM" if sigterm else "SIGINT"
         for g in self.optimizer.param_groups:
@@ -289,6 +302,8 @@ class Trainer:
                                      f"stopped. The last good update's checkpoint is in {self.ckpt_dir}")
             return None
         self.optimizer.step()
+        if history is not None:
+            self.timesteps.observe(*history)
         st.update += 1
         st.bad_steps = 0
         st.tokens += tokens

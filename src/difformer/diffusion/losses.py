@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from difformer.config import DiffusionConfig
 from difformer.diffusion.schedule import Schedule
+from difformer.diffusion.timesteps import LossAwareTimesteps
 from difformer.model.difformer import Difformer, length_targets
 
 
@@ -20,9 +21,19 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp(min=1)
 
 
+def sentence_means(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x (B, T) over each row's True positions of mask: (B,)."""
+    m = mask.to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 def token_ce(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, smoothing: float) -> torch.Tensor:
-    ce = F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none", label_smoothing=smoothing)
-    return masked_mean(ce, mask)  # (B, V, T) vs (B, T) -> mean over real tokens
+    return masked_mean(token_ce_all(logits, tokens, smoothing), mask)  # mean over real tokens
+
+
+def token_ce_all(logits: torch.Tensor, tokens: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy of every position: (B, T, V) logits against (B, T) tokens -> (B, T)."""
+    return F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none", label_smoothing=smoothing)
 
 
 def soft_absorb(z_t: torch.Tensor, absorb: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
@@ -35,13 +46,18 @@ def soft_absorb(z_t: torch.Tensor, absorb: torch.Tensor, rate: torch.Tensor) -> 
 
 def difformer_loss(model: Difformer, schedule: Schedule, cfg: DiffusionConfig, src: torch.Tensor,
                    src_mask: torch.Tensor, tgt: torch.Tensor, tgt_mask: torch.Tensor,
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One training loss for a batch; one t ~ U{min_t T..T-1} per sentence. Returns (loss, stats for logging:
-    detached scalar tensors)."""
+                   timesteps: LossAwareTimesteps | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One training loss for a batch; one t per sentence, ~ U{min_t T..T-1} or drawn by `timesteps` (whose
+    importance weights then scale each sentence's MSE and anchor loss, the logged ones too: unbiased estimates
+    of the uniform ones). Returns (loss, stats: detached tensors, scalars for logging, and with `timesteps`
+    the per-bucket sums its `observe` takes)."""
     B = src.shape[0]
     memory, length_logits = model.encode(src, src_mask)
     z0 = model.embed_target(tgt)  # (B, T, e), gradient flows into E
-    t = torch.randint(round(cfg.min_t * schedule.timesteps), schedule.timesteps, (B,), device=src.device)
+    if timesteps is None:
+        t = torch.randint(round(cfg.min_t * schedule.timesteps), schedule.timesteps, (B,), device=src.device)
+    else:
+        t, weight = timesteps.draw(B)
     z_t = schedule.add_noise(z0, torch.randn_like(z0), t, cfg.noise_factor, cfg.noise_mode)
     if model.absorb is not None:
         z_t = soft_absorb(z_t, model.absorb, model.cfg.soft_absorb * schedule.noise_level(t))
@@ -53,9 +69,15 @@ def difformer_loss(model: Difformer, schedule: Schedule, cfg: DiffusionConfig, s
             p = model.denoise(z_t, p, time, tgt_mask, memory, src_mask).detach()
     z0_hat = model.denoise(z_t, p, time, tgt_mask, memory, src_mask)  # (B, T, e)
 
-    mse = masked_mean((z0_hat.float() - z0.float()).pow(2).mean(-1), tgt_mask)
+    mse_all = (z0_hat.float() - z0.float()).pow(2).mean(-1)  # (B, T)
     anchor_logits = model.logits(z0_hat)  # (B, T, V)
-    anchor = token_ce(anchor_logits, tgt, tgt_mask, cfg.label_smoothing)
+    anchor_all = token_ce_all(anchor_logits, tgt, cfg.label_smoothing)
+    history = {}
+    if timesteps is not None:  # the weights scale whole sentences; the means stay over the batch's tokens
+        trained = mse_all + anchor_all if cfg.anchor == "anchor" else mse_all  # the terms that depend on t
+        history = timesteps.tally(t, sentence_means(trained.detach(), tgt_mask))  # unweighted, per sentence
+        mse_all, anchor_all = mse_all * weight[:, None], anchor_all * weight[:, None]
+    mse, anchor = masked_mean(mse_all, tgt_mask), masked_mean(anchor_all, tgt_mask)
     src_lens, tgt_lens = src_mask.sum(1), tgt_mask.sum(1)
     classes = length_targets(src_lens, tgt_lens, length_logits.shape[-1], model.cfg.length_offset)
     length = F.cross_entropy(length_logits.float(), classes)
@@ -72,4 +94,4 @@ def difformer_loss(model: Difformer, schedule: Schedule, cfg: DiffusionConfig, s
                  "embed_norm": norm}
         if not model.training:  # an argmax over the vocabulary costs ~4% of a CPU training step
             stats["acc"] = masked_mean((anchor_logits.argmax(-1) == tgt).float(), tgt_mask)
-    return loss, stats
+    return loss, {**stats, **history}
