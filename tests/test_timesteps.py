@@ -72,7 +72,7 @@ def test_the_history_is_a_moving_mean_square_of_each_measured_bucket():
     assert s.mean_square[5].item() == 0  # measured now, at 0: still unmeasured, and so still uniform
     s.load(s.state())
     assert s.state()[0] == pytest.approx(DECAY * 14 / 3 + (1 - DECAY) * 2)
-    with pytest.raises(ValueError, match="20 buckets"):
+    with pytest.raises(ValueError, match="20 non-negative numbers"):
         s.load([1.0])
 
 
