@@ -65,6 +65,16 @@ def valid_curve(run: Path) -> list[dict]:
     return out
 
 
+def common_update(runs) -> int | None:
+    """The last update at which every run validated: where they compare per update."""
+    return max(set.intersection(*({v["update"] for v in r["valid"]} for r in runs)), default=None)
+
+
+def valid_at(run: dict, update: int | None) -> float | str:
+    """A run's valid BLEU at `update` ("-" when it did not validate there)."""
+    return next((v["valid_bleu"] for v in run["valid"] if v["update"] == update), "-")
+
+
 def decoding_levers(models: list[Path], data: Path, results: dict) -> None:
     """Each model with each decoding of DECODINGS: all 1,014 valid sentences to choose on, test2016 beside."""
     rows = results.setdefault("decoding", {})
@@ -93,12 +103,12 @@ def markdown(results: dict) -> str:
              "before the preset took `diffusion.min_t: 0.1`, so their control has min_t 0.", ""]
     for tag, arms in results.get("batches", {}).items():
         # per update too: the arms' updates per minute differ (the change, and the machine's drift)
-        at = max(set.intersection(*({v["update"] for v in r["valid"]} for r in arms.values())), default=None)
+        at = common_update(arms.values())
         lines += [f"## {tag}", "", f"| arm | overrides | minutes | updates | valid BLEU at update {at} | best valid "
                   "BLEU (update) | last valid BLEU | test2016 1x1 |", "|---|---|---|---|---|---|---|---|"]
         for arm, r in sorted(arms.items(), key=lambda a: -a[1]["best_valid_bleu"]):
             best = max(r["valid"], key=lambda v: v["valid_bleu"])
-            same = next((v["valid_bleu"] for v in r["valid"] if v["update"] == at), "-")
+            same = valid_at(r, at)
             lines.append(f"| {arm} | {' '.join(r['overrides']) or '(preset)'} | {r['train_minutes']} | {r['updates']} "
                          f"| {same} | {best['valid_bleu']} ({best['update']}) | {r['valid'][-1]['valid_bleu']} | "
                          f"{r['test2016']} |")
@@ -126,8 +136,8 @@ def against_control(batches: dict) -> list[str]:
     lines = ["## Against the control of the same batch", "", "| arm | batch | valid BLEU at a common update | "
              "best valid BLEU | test2016 1x1 |", "|---|---|---|---|---|"]
     for arm, tag, r, c in sorted(rows, key=lambda x: x[0]):
-        at = max({v["update"] for v in r["valid"]} & {v["update"] for v in c["valid"]})
-        same = [next(v["valid_bleu"] for v in x["valid"] if v["update"] == at) for x in (r, c)]
+        at = common_update([r, c])
+        same = [valid_at(x, at) for x in (r, c)]
         lines.append(f"| {arm} | {tag} | {same[0] - same[1]:+.2f} (update {at}) | "
                      f"{r['best_valid_bleu'] - c['best_valid_bleu']:+.2f} | {r['test2016'] - c['test2016']:+.2f} |")
     return lines + [""]
