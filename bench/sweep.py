@@ -44,6 +44,9 @@ ARMS = {
     "min-t-0.2": ["diffusion.min_t=0.2"],
     "time-loss": ["diffusion.time_sampling=loss"],
     "soft-absorb-0.5": ["model.soft_absorb=0.5"],
+    # warm start from the autoregressive teacher of bench/teacher.py (25 minutes on the raw targets, same
+    # tokenizer): its encoder and decoder layers, its source embedding factored into E and enc_in
+    "init-teacher": [f"train.init_from={HERE / 'work' / 'teacher' / 'runs' / 'ar-25min' / 'model'}"],
     # the 10-minute winners together (each beat the control's best valid BLEU by 0.85 or more), for 25 minutes
     "winners": ["train.lr_schedule=cosine", "diffusion.min_t=0.1", "model.dropout=0", "model.embed_dim=64"],
 }

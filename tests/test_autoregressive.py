@@ -118,13 +118,33 @@ def test_init_from_copies_exactly_the_matching_tensors(trained_ar, tiny_data, tm
     fresh = Difformer(cfg.model).state_dict()  # what the trainer builds before copying
     trainer = Trainer(cfg)
     teacher = load_file(trained_ar / "model.safetensors")
-    copied = {k for k, v in fresh.items() if k in teacher and teacher[k].shape == v.shape}
-    assert {k for k in copied if k.startswith("encoder.")} and "embed.weight" not in copied  # e 16 vs d 64
+    same = {k for k, v in fresh.items() if k in teacher and teacher[k].shape == v.shape}
+    assert {k for k in same if k.startswith("encoder.")} and "embed.weight" not in same  # e 16 vs d 64
+    factored = {"embed.weight", "enc_in.weight", "enc_in.bias"}
     for k, v in trainer.model.state_dict().items():
-        assert torch.equal(v, teacher[k] if k in copied else fresh[k]), k
+        if k not in factored:
+            assert torch.equal(v, teacher[k] if k in same else fresh[k]), k
     record = [json.loads(line) for line in (tmp_path / "warm" / "log.jsonl").read_text().splitlines()]
     warm = next(r for r in record if "init_from" in r)
-    assert warm["copied"] == len(copied) and set(warm["not_copied"]) == set(fresh) - copied
+    assert warm["copied"] == len(same | factored) and set(warm["not_copied"]) == set(fresh) - same - factored
+
+
+def test_init_from_a_teacher_factors_its_source_embedding_into_e_and_enc_in(trained_ar, tiny_data, tmp_path):
+    """The copied encoder layers see the teacher's inputs as closely as e = 16 of d = 64 dimensions allow
+    (the residual is that of the best rank-16 approximation), and z0 = sqrt(e) E keeps a fresh E's
+    statistics: orthogonal dimensions at unit mean square."""
+    cfg = tiny_config(tiny_data, tmp_path / "warm", init_from=str(trained_ar))
+    model = Trainer(cfg).model
+    table = load_file(trained_ar / "model.safetensors")["embed.weight"].double()
+    inputs = table * table.shape[1] ** 0.5  # what the teacher's encoder adds its positions to
+    with torch.no_grad():
+        z = model.embed.weight.double() * model.embed_scale
+        ours = z @ model.enc_in.weight.double().t() + model.enc_in.bias.double()
+    e = model.embed.embedding_dim
+    best = torch.linalg.svdvals(inputs)[e:].pow(2).sum().sqrt()
+    assert torch.allclose((ours - inputs).norm(), best, rtol=1e-4)
+    assert best < 0.9 * inputs.norm()  # the test shows something: rank 16 keeps part of the teacher's inputs
+    torch.testing.assert_close(z.t() @ z / z.shape[0], torch.eye(e, dtype=z.dtype), atol=1e-4, rtol=0)
 
 
 @pytest.fixture(scope="module")

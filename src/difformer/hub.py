@@ -168,8 +168,10 @@ def from_pretrained(directory: str | Path) -> tuple[Difformer | ARTransformer, C
 
 def init_from(model: torch.nn.Module, directory: str | Path, tokenizer: Path) -> tuple[list[str], list[str]]:
     """Copy into `model` every tensor of a model directory whose name and shape match; return the names
-    copied and those left as initialised. The directory's tokenizer must be `tokenizer`, byte for byte:
-    an embedding row means a word only in its own vocabulary."""
+    copied and those left as initialised. From an autoregressive teacher into a Difformer with a narrower E,
+    the teacher's encoder input embedding is factored into E and enc_in (factor_embedding), so the copied
+    encoder layers see nearly the inputs they were trained on. The directory's tokenizer must be
+    `tokenizer`, byte for byte: an embedding row means a word only in its own vocabulary."""
     directory = Path(directory)
     for name in (WEIGHTS, TOKENIZER):
         if not (directory / name).is_file():
@@ -183,7 +185,28 @@ def init_from(model: torch.nn.Module, directory: str | Path, tokenizer: Path) ->
     with torch.no_grad():
         for k in copied:
             own[k].copy_(source[k])
+        table = source.get("embed.weight")
+        if (isinstance(model, Difformer) and "embed.weight" not in copied and table is not None
+                and read_config(directory / CONFIG).model.arch == "transformer"
+                and table.shape == (model.embed.num_embeddings, model.enc_in.out_features)
+                and model.embed.embedding_dim <= table.shape[1]):
+            # the teacher feeds its encoder sqrt(d) * table[x]; ours enc_in(sqrt(e) * E[x]), e < d
+            embed, weight = factor_embedding(table * table.shape[1] ** 0.5, model.embed.embedding_dim)
+            model.embed.weight.copy_(embed / model.embed_scale)
+            model.enc_in.weight.copy_(weight)
+            model.enc_in.bias.zero_()
+            copied += ["embed.weight", "enc_in.weight", "enc_in.bias"]
     return copied, [k for k in own if k not in copied]
+
+
+def factor_embedding(inputs: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write a teacher's encoder inputs (V x d) as z @ W^T with z (V x width) and W (d x width): the best
+    rank-`width` approximation (truncated SVD). z gets orthogonal columns at unit mean square, the statistics
+    of a fresh sqrt(e) * E, so the isotropic diffusion noise meets every latent dimension at the same scale."""
+    u, s, vh = torch.linalg.svd(inputs.double(), full_matrices=False)
+    u, s, vh = u[:, :width], s[:width], vh[:width]
+    scale = u.shape[0] ** 0.5  # u's columns are unit vectors: each entry has mean square 1 / V
+    return (u * scale).to(inputs.dtype), (vh.t() * s / scale).to(inputs.dtype)
 
 
 def check_header(path: Path, expected: dict[str, torch.Tensor]) -> None:
