@@ -103,7 +103,9 @@ def markdown(results: dict) -> str:
              "Sorted by the best validation BLEU (300 valid sentences, 1x1, 20 steps) within each batch of runs; "
              "test2016 is decoded once per run and not used to choose. Each arm is the `multi30k` preset of its "
              "commit with its overrides: the batches proxy-10min, confirm-25min, seed2-25min and distilled-25min ran "
-             "before the preset took `diffusion.min_t: 0.1`, so their control has min_t 0.", ""]
+             "before the preset took `diffusion.min_t: 0.1`, so their control has min_t 0; the init-teacher arm "
+             "of distilled-25min ran after it (min_t 0.1): its like-for-like comparison is that batch's min-t-0.1 "
+             "arm, not its control.", ""]
     for tag, arms in results.get("batches", {}).items():
         # per update too: the arms' updates per minute differ (the change, and the machine's drift)
         at = common_update(arms.values())
