@@ -72,6 +72,8 @@ def main() -> None:
     if "1x1" not in results:  # what pruning must beat to be worth its cost
         _, bleu, t = scored(pipe, sources, refs, steps=BEAMS["steps"])
         results["1x1"] = {"valid": round(bleu.score, 2), "sentences_per_second": round(t["sentences_per_second"], 2)}
+        print(f"1x1: valid BLEU {bleu.score:.2f}, {t['sentences_per_second']:.2f} sent/s", flush=True)
+        save_results(args.name, results, markdown(results))
     for after, keep in PRUNING:
         key = f"prune_after={after} prune_keep={keep}"
         if key in rows:
