@@ -103,8 +103,6 @@ def markdown(r: dict) -> str:
         bleu = ("-", "-") if name == "train" else (row["old"]["sacrebleu"], row["new"]["sacrebleu"])
         what = (f"training, {r['train_minutes']} min from scratch" if name == "train"
                 else f"decoding 20 steps {name}, {row['new']['sentences']} test2016 sentences")
-        if name == "7x3 pruned":
-            what += f" (prune_after {r['prune'][0]}, prune_keep {r['prune'][1]}; old: unpruned 7x3)"
         lines.append(f"| {what} | {o} {unit} | {n} {unit} | {n / o:.2f}x | {bleu[0]} | {bleu[1]} |")
     lines += ["", f"Machine: {r['machine']}", f"Command: `{r['command']}` (at {r['commit']})", ""]
     return "\n".join(lines)
@@ -120,9 +118,6 @@ def main() -> None:
                    help="prepared Multi30k for the training measurement (bench/multi30k.py makes it)")
     p.add_argument("--sentences-7x3", type=int, default=200, help="7x3 is 21x the work: a prefix of test2016")
     p.add_argument("--train-minutes", type=float, default=2.0, help="0: skip the training measurement")
-    p.add_argument("--prune", type=int, nargs=2, metavar=("AFTER", "KEEP"),
-                   help="also 7x3 with candidate pruning (bench/pruning.py chooses it on valid), which the old "
-                   "code lacks: beside the old code's unpruned 7x3")
     p.add_argument("--name", default="speed")
     args = p.parse_args()
     if args.worker:
@@ -134,23 +129,16 @@ def main() -> None:
     tasks = {name: {"kind": "decode", "model": str(args.model.resolve()), "data_raw": str(args.data.resolve()),
                     "options": options, "sentences": 1000 if name == "1x1" else args.sentences_7x3}
              for name, options in DECODINGS.items()}
-    if args.prune:
-        after, keep = args.prune
-        tasks["7x3 pruned"] = {**tasks["7x3"], "options": {**DECODINGS["7x3"], "prune_after": after,
-                                                            "prune_keep": keep}}
     if args.train_minutes:
         tasks["train"] = {"kind": "train", "data": str(args.prepared.resolve()), "minutes": args.train_minutes}
     rows = {}
     for name, task in tasks.items():
         rows[name] = {}
         for label, tree in (("old", args.old), ("new", new)):
-            if label == "old" and name == "7x3 pruned":  # the old code cannot prune: its 7x3 is the baseline
-                rows[name][label] = rows["7x3"]["old"]
-                continue
             rows[name][label] = measure(tree, task)
             print(name, label, rows[name][label], flush=True)
     result = {"old_commit": tree_commit(args.old), "new_commit": tree_commit(new), "model": str(args.model),
-              "train_minutes": args.train_minutes, "prune": args.prune, "rows": rows, "machine": machine(), "commit": commit(),
+              "train_minutes": args.train_minutes, "rows": rows, "machine": machine(), "commit": commit(),
               "command": command()}
     save_results(args.name, result, markdown(result))
 

@@ -16,18 +16,6 @@ def tiny(**kw):
     return Difformer(ModelConfig(**{**cfg, **kw})).eval()
 
 
-def middle_length_class(model: Difformer) -> None:
-    """Make `model` predict the middle length class (offset 0: the source's length) for every source."""
-    encode = model.encode
-
-    def encode_fixed(src, src_mask):
-        memory, logits = encode(src, src_mask)
-        return memory, torch.nn.functional.one_hot(torch.full_like(src[:, 0], logits.shape[-1] // 2),
-                                                   logits.shape[-1]).float()
-
-    model.encode = encode_fixed
-
-
 def test_length_classes_are_offsets_clamped_to_range():
     src = torch.tensor([10, 10, 10, 300])
     tgt = torch.tensor([10, 14, 5, 2])
@@ -106,7 +94,14 @@ def test_candidates_have_the_promised_shapes_and_are_deterministic_under_a_seed(
 def test_a_source_gets_the_same_candidates_alone_or_in_a_padded_batch():
     """Each candidate's noise is seeded by its own source: neighbours and padding change nothing."""
     model, schedule = tiny(), Schedule("sqrt", 2000)
-    middle_length_class(model)  # so that the longer source pads the shorter one's candidates
+    encode = model.encode
+
+    def same_length_as_source(src, src_mask):  # so that the longer source pads the shorter one's candidates
+        memory, logits = encode(src, src_mask)
+        return memory, torch.nn.functional.one_hot(torch.full_like(src[:, 0], logits.shape[-1] // 2),
+                                                   logits.shape[-1]).float()
+
+    model.encode = same_length_as_source
     cfg = DecodeConfig(steps=5, length_beam=2, noise_beam=2)
     alone = torch.tensor([[7, 8, 3]])
     batch = torch.tensor([[4, 5, 6, 9, 10, 11, 12, 13, 3], [7, 8, 3, 0, 0, 0, 0, 0, 0]])
@@ -175,7 +170,14 @@ def test_grouping_candidates_by_length_changes_no_output(monkeypatch):
     from difformer.diffusion import sampling
 
     model, schedule = tiny(), Schedule("sqrt", 2000)
-    middle_length_class(model)  # an untrained length head predicts 2 or the maximum
+    encode = model.encode
+
+    def same_length_as_source(src, src_mask):  # an untrained length head predicts 2 or the maximum
+        memory, logits = encode(src, src_mask)
+        return memory, torch.nn.functional.one_hot(torch.full_like(src[:, 0], logits.shape[-1] // 2),
+                                                   logits.shape[-1]).float()
+
+    model.encode = same_length_as_source
     src = torch.tensor([[4, 5, 6, 9, 10, 11, 3], [7, 8, 3, 0, 0, 0, 0], [5, 6, 7, 8, 3, 0, 0]])
     cfg = DecodeConfig(steps=4, length_beam=5, noise_beam=2)
     monkeypatch.setattr(sampling, "CPU_GROUP_TOKENS", float("inf"))
@@ -187,32 +189,3 @@ def test_grouping_candidates_by_length_changes_no_output(monkeypatch):
         for c, n in enumerate(whole.lengths[b].tolist()):
             assert torch.equal(whole.tokens[b, c, :n], grouped.tokens[b, c, :n])
     assert torch.allclose(whole.scores, grouped.scores, atol=1e-4)
-
-
-def test_pruned_candidates_are_the_best_at_the_pruning_step_and_end_as_unpruned(monkeypatch):
-    """With prune_after k, the prune_keep best candidates of each source by their k-th z0_hat's score run
-    the remaining steps, each ending exactly as in the unpruned run (its noise is its own), in fewer rows."""
-    from difformer.diffusion import sampling
-
-    model, schedule = tiny(), Schedule("sqrt", 2000)
-    middle_length_class(model)
-    src = torch.tensor([[4, 5, 6, 9, 10, 11, 3], [7, 8, 3, 0, 0, 0, 0], [5, 6, 7, 8, 3, 0, 0]])
-    full = DecodeConfig(steps=6, length_beam=3, noise_beam=3)
-    pruned = dataclasses.replace(full, prune_after=2, prune_keep=2)
-    whole = generate_candidates(model, schedule, src, src != 0, full)
-    at_two = generate_candidates(model, schedule, src, src != 0, dataclasses.replace(full, early_stop=2))
-    rows = []
-    real = Difformer.denoise
-    monkeypatch.setattr(Difformer, "denoise", lambda self, z, *a: rows.append(z.shape[0]) or real(self, z, *a))
-    monkeypatch.setattr(sampling, "CPU_GROUP_TOKENS", 1)  # survivors regrouped by length, apart from the rest
-    out = generate_candidates(model, schedule, src, src != 0, pruned)
-    assert torch.equal(whole.index, torch.arange(9).expand(3, 9))
-    assert torch.equal(out.index, at_two.scores.topk(2, dim=1).indices.sort(dim=1).values)
-    assert out.tokens.shape[:2] == (3, 2) and not torch.equal(out.index, torch.tensor([[0, 1]] * 3))
-    for b in range(3):
-        for j, c in enumerate(out.index[b].tolist()):
-            n = int(out.lengths[b, j])
-            assert n == whole.lengths[b, c] and torch.equal(out.tokens[b, j, :n], whole.tokens[b, c, :n])
-            assert abs(float(out.scores[b, j] - whole.scores[b, c])) < 1e-4
-    assert sum(rows) == pruned.nfe * 3 == (2 * 9 + 4 * 2) * 3
-    assert "pruned to 2 after 2" in pruned.describe()

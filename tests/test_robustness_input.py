@@ -161,8 +161,6 @@ def test_reader_closing_the_pipe_early_gives_exit_141_and_no_traceback(model_dir
     ("--steps", "0", "decode.steps must be >= 1"),
     ("--max-tokens", "-5", "decode.max_tokens must be positive"),
     ("--early-stop", "99", "decode.early_stop must be in [0, steps]"),
-    ("--prune-after", "99", "decode.prune_after must be in [0, steps run)"),
-    ("--prune-keep", "0", "decode.prune_keep must be >= 1"),
     ("--steps", "100000", "steps (100000) exceeds the model's"),
     ("--seed", "-1", "decode.seed must be in [0, 2^63)"),
 ])

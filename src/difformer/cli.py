@@ -194,9 +194,6 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--early-stop", type=int, help="stop after this many steps and output its z0 prediction; 0: off")
     g.add_argument("--length-beam", type=int, help="candidate lengths around the predicted one")
     g.add_argument("--noise-beam", type=int, help="independent noise samples per length")
-    g.add_argument("--prune-after", type=int, help="after this many steps only the --prune-keep best candidates "
-                   "of each input (by that step's mean token log-probability) run the rest; 0: off")
-    g.add_argument("--prune-keep", type=int, help="candidates per input that survive --prune-after (1)")
     g.add_argument("--selection", choices=["score", "mbr", "ar"], help="pick the candidate by the model's mean "
                    "token log-probability (score), by BLEU-MBR among the candidates (mbr), or by the "
                    "length-normalised log-probability of the --reranker (ar)")
@@ -235,8 +232,8 @@ def _set_threads(n: int | None) -> None:
 
 
 def _decoding_options(args: argparse.Namespace) -> dict:
-    names = ["steps", "early_stop", "length_beam", "noise_beam", "prune_after", "prune_keep", "selection", "sampler",
-             "clamp", "cond_enhance", "seed", "max_tokens", "beam", "lenpen", "max_len_a", "max_len_b"]
+    names = ["steps", "early_stop", "length_beam", "noise_beam", "selection", "sampler", "clamp", "cond_enhance",
+             "seed", "max_tokens", "beam", "lenpen", "max_len_a", "max_len_b"]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
@@ -375,8 +372,7 @@ def _run_analyze(args: argparse.Namespace) -> None:
     options = _decoding_options(args)
     if args.reranker:
         options["reranker"] = args.reranker  # refused below with the other options that do not apply
-    fixed = sorted({"length_beam", "noise_beam", "prune_after", "prune_keep", "early_stop", "selection", "reranker"}
-                   & set(options))
+    fixed = sorted({"length_beam", "noise_beam", "early_stop", "selection", "reranker"} & set(options))
     if fixed:
         raise DifformerError(f"analyze traces one candidate per sentence through every step; "
                              f"{', '.join('--' + f.replace('_', '-') for f in fixed)} do not apply")

@@ -152,10 +152,6 @@ class DecodeConfig:
     early_stop: int = 0  # stop after this many steps and output that step's z0 prediction; 0: off
     length_beam: int = 1
     noise_beam: int = 1
-    # candidate pruning: after this many steps only the prune_keep best candidates of each source (by the
-    # mean log-probability of that step's z0 prediction) run the rest; 0: off, every candidate runs them all
-    prune_after: int = 0
-    prune_keep: int = 1
     sampler: str = "ddpm"  # "ddpm" (ancestral) or "ddim" (deterministic)
     clamp: bool = False  # replace z0_hat by the embedding of its argmax token at every step
     # DINOISER's condition-enhanced decoding: the network is told t = T-1 at every step (the noisiest, where
@@ -176,9 +172,6 @@ class DecodeConfig:
         _check(self.steps >= 1, "decode.steps must be >= 1")
         _check(0 <= self.early_stop <= self.steps, "decode.early_stop must be in [0, steps]")
         _check(self.length_beam >= 1 and self.noise_beam >= 1, "decode beams must be >= 1")
-        _check(0 <= self.prune_after < (self.early_stop or self.steps),
-               "decode.prune_after must be in [0, steps run), the steps run being early_stop or steps")
-        _check(self.prune_keep >= 1, "decode.prune_keep must be >= 1")
         _check(self.sampler in ("ddpm", "ddim"), "decode.sampler must be ddpm or ddim")
         _check(self.selection in ("score", "mbr", "ar"), "decode.selection must be score, mbr or ar")
         _check(self.beam >= 1, "decode.beam must be >= 1")
@@ -188,21 +181,9 @@ class DecodeConfig:
         _check(0 <= self.seed < 2**63, "decode.seed must be in [0, 2^63)")
 
     @property
-    def pruning(self) -> bool:
-        return self.prune_after > 0 and self.prune_keep < self.length_beam * self.noise_beam
-
-    @property
-    def candidates(self) -> int:
-        """Candidates per sentence at the end, among which `selection` picks."""
-        return self.prune_keep if self.pruning else self.length_beam * self.noise_beam
-
-    @property
     def nfe(self) -> int:
-        """Network evaluations per sentence: steps run x candidates (fewer after pruning)."""
-        steps = self.early_stop or self.steps
-        if self.pruning:
-            return self.prune_after * self.length_beam * self.noise_beam + (steps - self.prune_after) * self.prune_keep
-        return steps * self.length_beam * self.noise_beam
+        """Network evaluations per sentence: steps run x candidates."""
+        return (self.early_stop or self.steps) * self.length_beam * self.noise_beam
 
     def describe(self, arch: str = "difformer") -> str:
         """How outputs were made, printed next to every score and speed."""
@@ -210,9 +191,7 @@ class DecodeConfig:
             search = "greedy" if self.beam == 1 else f"beam={self.beam} lenpen={self.lenpen}"
             return f"autoregressive {search} max_len={self.max_len_a:g}*src+{self.max_len_b}"
         return (f"steps={self.steps} early_stop={self.early_stop or 'off'} "
-                f"candidates={self.length_beam}x{self.noise_beam}"
-                f"{f' pruned to {self.prune_keep} after {self.prune_after}' if self.pruning else ''} "
-                f"selection={self.selection} "
+                f"candidates={self.length_beam}x{self.noise_beam} selection={self.selection} "
                 f"sampler={self.sampler} clamp={self.clamp}{' cond_enhance' if self.cond_enhance else ''} "
                 f"NFE={self.nfe}")
 

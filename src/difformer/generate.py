@@ -81,10 +81,9 @@ def decode_ids(model: Difformer | ARTransformer, schedule: Schedule | None, toke
         raise DifformerError("selection 'ar' needs an autoregressive reranker (generate --reranker DIR, "
                              "or difformer.load(..., reranker=DIR))")
     device = next(model.parameters()).device
-    C = cfg.candidates  # at the end; the batches are sized by all l x n that start
+    C = cfg.length_beam * cfg.noise_beam
     outputs = [""] * len(sources)
-    for idx, src, mask in source_batches(sources, cfg.length_beam * cfg.noise_beam, cfg.max_tokens,
-                                         tokenizer.eos_id, tokenizer.pad_id):
+    for idx, src, mask in source_batches(sources, C, cfg.max_tokens, tokenizer.eos_id, tokenizer.pad_id):
         src, mask = src.to(device), mask.to(device)
         with autocast(precision, device):
             cand = generate_candidates(model, schedule, src, mask, cfg)
@@ -249,8 +248,8 @@ class Pipeline:
 
 # decoding options that only one model kind reads; given to the other, they are an error, not ignored
 AR_OPTIONS = {"beam", "lenpen", "max_len_a", "max_len_b"}
-DIFFUSION_OPTIONS = {"steps", "early_stop", "length_beam", "noise_beam", "prune_after", "prune_keep", "sampler",
-                     "clamp", "cond_enhance", "selection", "seed"}
+DIFFUSION_OPTIONS = {"steps", "early_stop", "length_beam", "noise_beam", "sampler", "clamp", "cond_enhance",
+                     "selection", "seed"}
 
 
 LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines (and some editors) split on

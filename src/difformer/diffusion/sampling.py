@@ -22,31 +22,26 @@ from difformer.model.difformer import Difformer, predict_lengths
 
 @dataclass
 class Candidates:
-    tokens: torch.Tensor  # (B, C, L) argmax tokens, C = length_beam x noise_beam (prune_keep when pruned)
+    tokens: torch.Tensor  # (B, C, L) argmax tokens, C = length_beam x noise_beam
     lengths: torch.Tensor  # (B, C) target lengths, BOS/EOS included
     scores: torch.Tensor  # (B, C) mean token log-probability of the argmax tokens
-    index: torch.Tensor  # (B, C) which of the length_beam x noise_beam candidates each one is
 
 
 @torch.no_grad()
 def denoise_loop(model: Difformer, sampler: Scheduler, cross_kv: list[torch.Tensor], src_mask: torch.Tensor,
-                 tgt_mask: torch.Tensor, cfg: DecodeConfig, keys: torch.Tensor, steps: range,
-                 state: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 trace: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the sampler's `steps` from `state` (z_t and the previous z0_hat, the self-conditioning input) or,
-    without one, from z_T ~ N(0, I) (sampling uses F = 1); return the state after them: z for the next step
-    and the last z0_hat, (N, L, e) each.
+                 tgt_mask: torch.Tensor, cfg: DecodeConfig, keys: torch.Tensor,
+                 trace: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Run the sampler's steps from z_T ~ N(0, I) (sampling uses F = 1); return the last z0_hat (N, L, e).
 
-    `keys` (N, 2) are the candidates' noise keys (noise.candidate_keys): step i's noise depends on nothing
-    else, so a run split into two ranges of steps gives what one run gives. With `trace`, each step's z0_hat
+    `keys` (N, 2) are the candidates' noise keys (noise.candidate_keys). With `trace`, each step's z0_hat
     is appended to it (for the trajectory analysis).
     """
     N, L = tgt_mask.shape
     shape, lengths = (N, L, model.cfg.embed_dim), tgt_mask.sum(1)
-    # draw 0: z_T; draw i + 1: the noise of step i
-    z, p = state if state is not None else (gaussian(keys, 0, lengths, shape), torch.zeros(shape, device=keys.device))
+    z = gaussian(keys, 0, lengths, shape)  # draw 0: z_T; draw i + 1: the noise of step i
+    p = torch.zeros_like(z)
     last = len(sampler.timesteps)
-    for i in steps:
+    for i in range(last):
         time = sampler.model_times[0 if cfg.cond_enhance else i].expand(N)
         z0_hat = model.denoise(z, p, time, tgt_mask, None, src_mask, cross_kv).float()
         if cfg.clamp:  # snap to the nearest-by-logit word embedding
@@ -57,17 +52,7 @@ def denoise_loop(model: Difformer, sampler: Scheduler, cross_kv: list[torch.Tens
             fresh = gaussian(keys, i + 1, lengths, shape) if sampler.needs_noise(i) else None
             z = sampler.step(i, z0_hat, z, fresh)
         p = z0_hat
-    return z, p
-
-
-def read_out(model: Difformer, z0_hat: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Round z0_hat (N, L, e) to tokens (N, L) and score each candidate: the mean log-probability of its
-    argmax tokens over its `lengths` (N,) positions."""
-    logits = model.logits(z0_hat).float()  # (N, L, V)
-    top, tokens = logits.max(-1)
-    best = top - logits.logsumexp(-1)  # the argmax token's log-probability; no log-softmax is kept
-    mask = torch.arange(z0_hat.shape[1], device=z0_hat.device)[None, :] < lengths[:, None]
-    return tokens, (best * mask).sum(1) / lengths
+    return z0_hat
 
 
 def length_groups(lengths: list[int], min_tokens: float, slack: int = 2) -> list[list[int]]:
@@ -94,9 +79,7 @@ CPU_GROUP_TOKENS = 2048
 def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor, src_mask: torch.Tensor,
                         cfg: DecodeConfig, trace: list[torch.Tensor] | None = None) -> Candidates:
     """Encode once, predict lengths, expand to l x n candidates per source and denoise them, on a CPU in
-    groups of similar length (see `length_groups`). With `cfg.prune_after` k, only the `cfg.prune_keep`
-    best candidates of each source by the score of their k-th z0_hat run the remaining steps: a survivor
-    ends exactly as it would have without pruning (its noise is its own), at a fraction of the cost.
+    groups of similar length (see `length_groups`).
 
     With `trace`, each step's z0_hat (B*C, L, e) is appended to it, as in `denoise_loop` (one group).
     """
@@ -112,33 +95,20 @@ def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor,
     sampler.set_timesteps(cfg.steps, cfg.early_stop, device)
     # the decoder layers' cross-attention keys/values: once per source, not per candidate and step
     cross_kv = model.cross_keys_values(memory)
-    shape = (B * C, int(lengths.max()), model.cfg.embed_dim)
-    state = torch.zeros(shape, device=device), torch.zeros(shape, device=device)  # z and z0_hat, every row
+    sizes = lengths.tolist()
+    L = max(sizes)
+    z0_hat = torch.zeros(B * C, L, model.cfg.embed_dim, device=device)
     cpu = device.type == "cpu" and trace is None
-
-    def run(rows: torch.Tensor, steps: range) -> None:
-        """Denoise candidate rows through `steps`, in length groups, updating `state` in place."""
-        sizes = lengths[rows].tolist()
-        for group in length_groups(sizes, CPU_GROUP_TOKENS if cpu else float("inf")):
-            picked = rows[torch.tensor(group, device=device)]
-            n_pos = max(sizes[i] for i in group)
-            mask = torch.arange(n_pos, device=device)[None, :] < lengths[picked][:, None]
-            start = tuple(x[picked, :n_pos] for x in state) if steps.start else None
-            z, z0_hat = denoise_loop(model, sampler, [kv.index_select(1, picked // C) for kv in cross_kv],
-                                     src_mask.index_select(0, picked // C), mask, cfg, keys[picked], steps,
-                                     start, trace)
-            state[0][picked, :n_pos], state[1][picked, :n_pos] = z, z0_hat
-
-    n_steps = len(sampler.timesteps)
-    split = cfg.prune_after if 0 < cfg.prune_after < n_steps and cfg.prune_keep < C else n_steps
-    rows = torch.arange(B * C, device=device)
-    run(rows, range(split))
-    if split < n_steps:  # pruning: the prune_keep best of each source by its z0_hat so far go on
-        scores = read_out(model, state[1], lengths)[1].view(B, C)
-        best = scores.topk(cfg.prune_keep, dim=1).indices.sort(dim=1).values  # (B, keep), in candidate order
-        rows = (best + torch.arange(B, device=device)[:, None] * C).reshape(-1)
-        run(rows, range(split, n_steps))
-    tokens, scores = read_out(model, state[1][rows], lengths[rows])
-    kept = rows.view(B, -1)
-    return Candidates(tokens.view(B, kept.shape[1], -1), lengths[rows].view(kept.shape), scores.view(kept.shape),
-                      kept % C)
+    for group in length_groups(sizes, CPU_GROUP_TOKENS if cpu else float("inf")):
+        rows = torch.tensor(group, device=device)
+        sources = rows // C
+        n_pos = max(sizes[i] for i in group)
+        mask = torch.arange(n_pos, device=device)[None, :] < lengths[rows][:, None]
+        z0_hat[rows, :n_pos] = denoise_loop(model, sampler, [kv.index_select(1, sources) for kv in cross_kv],
+                                            src_mask.index_select(0, sources), mask, cfg, keys[rows], trace)
+    tgt_mask = torch.arange(L, device=device)[None, :] < lengths[:, None]  # (B*C, L)
+    logits = model.logits(z0_hat).float()  # (B*C, L, V)
+    top, tokens = logits.max(-1)
+    best = top - logits.logsumexp(-1)  # the argmax token's log-probability; no log-softmax is kept
+    scores = (best * tgt_mask).sum(1) / lengths
+    return Candidates(tokens.view(B, C, L), lengths.view(B, C), scores.view(B, C))

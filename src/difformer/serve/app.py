@@ -35,8 +35,6 @@ class Options(BaseModel):
     early_stop: int | None = None
     length_beam: int | None = None
     noise_beam: int | None = None
-    prune_after: int | None = None
-    prune_keep: int | None = None
     sampler: str | None = None
     clamp: bool | None = None
     cond_enhance: bool | None = None
