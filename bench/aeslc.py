@@ -7,10 +7,12 @@ three per email), next to the lead baseline (the email's first words).
     python bench/aeslc.py --tag lr1e-3 train.lr=1e-3   # an experiment, recorded under its tag
     python bench/aeslc.py --side-by-side           # the `aeslc-ar` teacher, distillation, and the `aeslc`
                                                    # Difformer on raw and distilled subjects, in one run
+    python bench/aeslc.py --valid-decodings TAG    # decoding variants of a recorded run's model, on valid
 
-Emails are cut to the preset's 128 positions (126 subwords) in training and decoding; subjects are about
-4 words. Resumable: a finished run is recorded in results/aeslc.json and skipped next time; a killed run
-continues from its last checkpoint. One training at a time: two on 2 cores distort both.
+Emails are cut to the model's positions in training and decoding (126 subwords for the `aeslc` preset's 128;
+each cut has its own prepared copy, work/aeslc-<subwords>); subjects are about 4 words. Resumable: a
+finished run is recorded in results/aeslc.json and skipped next time; a killed run continues from its last
+checkpoint. One training at a time: two on 2 cores distort both.
 
 --side-by-side runs its stages in order, each recorded in results/aeslc.json when done and skipped next
 time: ar-25min (`aeslc-ar`, beam 4), distill (the training emails decoded by it, beam 4),
@@ -41,11 +43,15 @@ def text_lines(path: Path) -> list[str]:
     return list(read_lines(path))  # as `prepare` reads them: split at \n only
 
 
-def prepared(data: Path, dest: Path, max_len: int) -> None:
+def prepared(data: Path, work: Path, max_positions: int) -> Path:
+    """The corpus binarized with emails cut to fit `max_positions` (BOS and EOS need two), made once."""
+    max_len = max_positions - 2
+    dest = work / f"aeslc-{max_len}"
     if not (dest / "dataset.json").exists():
         prepare(source_lang="src", target_lang="tgt", trainpref=str(data / "train"), validpref=str(data / "valid"),
                 testpref=str(data / "test"), destdir=str(dest), vocab_size=8000, max_len=max_len, long="truncate",
                 force=True)
+    return dest
 
 
 def scores(hyps: list[str], references: dict[str, list[list[str]]]) -> dict:
@@ -80,6 +86,14 @@ def markdown(results: dict) -> str:
         lines += ["", f"`{tag}`: `{r['command']}` (commit {r['commit']}; {r['machine']})",
                   f"ROUGE signatures: `{r['rouge']['original']['signature']}`, "
                   f"`{r['rouge']['annotations']['signature']}`"]
+    for tag, rows in results.get("valid_decodings", {}).items():
+        lines += ["", f"## Decodings of `{tag}` on valid (`python bench/aeslc.py --valid-decodings {tag}`)", "",
+                  "| decoding | R-1 / R-2 / R-L original | R-1 / R-2 / R-L annotations | output words | emails/s |",
+                  "|---|---|---|---|---|",
+                  f"| lead-{LEAD_WORDS} | {_r(results['valid_lead']['original'])} | "
+                  f"{_r(results['valid_lead']['annotations'])} | {LEAD_WORDS} | - |"]
+        lines += [f"| {name} | {_r(r['rouge']['original'])} | {_r(r['rouge']['annotations'])} | {r['output_words']} | "
+                  f"{r['emails_per_second']} |" for name, r in rows.items()]
     lines += side_by_side_markdown(results)
     return "\n".join(lines) + "\n"
 
@@ -162,8 +176,7 @@ def decode_rows(model_dir: Path, emails: list[str], subjects: list[str], referen
 
 def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], subjects: list[str],
                  references: dict) -> None:
-    data = args.work / "aeslc"
-    prepared(args.data, data, load_config("aeslc").model.max_positions - 2)
+    data = prepared(args.data, args.work, load_config("aeslc").model.max_positions)
     work = args.work / "aeslc-teacher"
     teacher = work / "runs" / f"ar-{args.minutes:g}min" / "model"
     side = results.setdefault("side_by_side", {})
@@ -210,6 +223,34 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
         save_results("aeslc", results, markdown(results))
 
 
+VALID_DECODINGS = {"1x1": {}, "1x1 50 steps": {"steps": 50}, "1x1 ddim": {"sampler": "ddim"},
+                   "1x1 clamp": {"clamp": True}, "1x1 cond-enhance": {"cond_enhance": True},
+                   "7x3 own score": {"length_beam": 7, "noise_beam": 3},
+                   "7x3 mbr": {"length_beam": 7, "noise_beam": 3, "selection": "mbr"}}
+
+
+def valid_decodings(args: argparse.Namespace, results: dict) -> None:
+    """Decoding variants of run `args.valid_decodings`'s model on the valid emails (choose here, then test once)."""
+    tag = args.valid_decodings
+    if tag not in results.get("runs", {}):
+        raise SystemExit(f"--valid-decodings {tag}: no such run in bench/results/aeslc.json")
+    emails, subjects = text_lines(args.data / "valid.src"), text_lines(args.data / "valid.tgt")
+    references = {"original": [subjects], "annotations": [text_lines(args.data / f"valid.ann{i}") for i in range(3)]}
+    results["valid_lead"] = scores([" ".join(e.split()[:LEAD_WORDS]) for e in emails], references)
+    rows = results.setdefault("valid_decodings", {}).setdefault(tag, {})
+    pipe = load(args.work / "runs" / tag / "model", device="cpu")
+    for name, options in VALID_DECODINGS.items():
+        if name in rows:
+            continue
+        with timed() as t:
+            hyps = pipe.generate(emails, **options)
+        rows[name] = {"setting": pipe.describe(pipe.decode_config(**options)), "rouge": scores(hyps, references),
+                      "output_words": words(hyps), "emails_per_second": round(len(emails) / t["wall"], 1),
+                      "commit": commit(), "machine": machine(), "command": command()}
+        print(f"{tag} {name}: ROUGE {_r(rows[name]['rouge']['original'])} (valid, original)", flush=True)
+        save_results("aeslc", results, markdown(results))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
@@ -220,6 +261,7 @@ def main() -> None:
     p.add_argument("--tag", help="name of the run in the results (default: aeslc-<minutes>min)")
     p.add_argument("--side-by-side", action="store_true",
                    help="the teacher, distillation and both Difformers in one run (see above)")
+    p.add_argument("--valid-decodings", metavar="TAG", help="decoding variants of run TAG's model on valid")
     args = p.parse_args()
     tag = args.tag or f"aeslc-{args.minutes:g}min"
     results = load_results("aeslc")
@@ -229,14 +271,16 @@ def main() -> None:
     if args.side_by_side:
         side_by_side(args, results, emails, subjects, references)
         return
+    if args.valid_decodings:
+        valid_decodings(args, results)
+        return
     if tag in results.get("runs", {}):
         print(f"{tag}: already recorded in bench/results/aeslc.json; delete it there to rerun")
         save_results("aeslc", results, markdown(results))
         return
-    data, run = args.work / "aeslc", args.work / "runs" / tag
-    cfg = load_config(args.config, [f"train.data={data}", f"train.save_dir={run}",
-                                    f"train.max_minutes={args.minutes}", *args.overrides])
-    prepared(args.data, data, cfg.model.max_positions - 2)
+    run = args.work / "runs" / tag
+    cfg = load_config(args.config, [f"train.save_dir={run}", f"train.max_minutes={args.minutes}", *args.overrides])
+    cfg.train.data = str(prepared(args.data, args.work, cfg.model.max_positions))
     code = commit()
     train_time = train_run(cfg, run, tag)
     pipe = load(run / "model", device="cpu")  # a CPU benchmark, also on a machine with a GPU

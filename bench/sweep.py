@@ -20,6 +20,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).parent))
 from common import command, commit, load_results, machine, save_results, scored, split_text  # noqa: E402
 from multi30k import decode_test, prepared, train_run, training_record  # noqa: E402
@@ -55,6 +57,23 @@ ARMS = {
 # step 18, the last of the 20 at or above 0.1 T, where a model trained with min_t 0.1 has seen its inputs
 DECODINGS = {"default": {}, "cond-enhance": {"cond_enhance": True}, "early-stop-18": {"early_stop": 18},
              "early-stop-15": {"early_stop": 15}, "early-stop-13": {"early_stop": 13}}
+
+
+def against_preset(config: dict) -> str:
+    """What a run's saved config sets otherwise than today's `multi30k` preset (its paths, budget and the
+    data's vocabulary size aside): the arm's change, and any preset value the run predates."""
+    preset = yaml.safe_load(yaml.safe_dump(load_config("multi30k").to_dict()))  # as config.yaml holds it
+    changed = []
+    for section, values in config.items():
+        for key, value in values.items():
+            if f"{section}.{key}" in ("train.data", "train.save_dir", "train.max_minutes", "model.vocab_size") or \
+                    key not in preset[section]:  # an option since removed was off in every arm
+                continue
+            if value != preset[section][key]:
+                if isinstance(value, str) and "/bench/work/" in value:  # a path of the checkout that ran it
+                    value = "bench/work/" + value.split("/bench/work/", 1)[1]
+                changed.append(f"{section}.{key}={value}")
+    return " ".join(changed) or "(preset)"
 
 
 def valid_curve(run: Path) -> list[dict]:
@@ -102,19 +121,17 @@ def markdown(results: dict) -> str:
     lines = ["# Convergence levers: one change each against the preset (Multi30k De->En)", "",
              "Sorted by the best validation BLEU (300 valid sentences, 1x1, 20 steps) within each batch of runs; "
              "test2016 is decoded once per run and not used to choose. Each arm is the `multi30k` preset of its "
-             "commit with its overrides: the batches proxy-10min, confirm-25min, seed2-25min and distilled-25min ran "
-             "before the preset took `diffusion.min_t: 0.1`, so their control has min_t 0; the init-teacher arm "
-             "of distilled-25min ran after it (min_t 0.1): its like-for-like comparison is that batch's min-t-0.1 "
-             "arm, not its control.", ""]
+             "commit with its overrides; *config* is what the run's saved config sets otherwise than today's "
+             "preset (a control that predates a preset change shows the value it ran with).", ""]
     for tag, arms in results.get("batches", {}).items():
         # per update too: the arms' updates per minute differ (the change, and the machine's drift)
         at = common_update(arms.values())
-        lines += [f"## {tag}", "", f"| arm | overrides | minutes | updates | valid BLEU at update {at} | best valid "
+        lines += [f"## {tag}", "", f"| arm | config | minutes | updates | valid BLEU at update {at} | best valid "
                   "BLEU (update) | last valid BLEU | test2016 1x1 |", "|---|---|---|---|---|---|---|---|"]
         for arm, r in sorted(arms.items(), key=lambda a: -a[1]["best_valid_bleu"]):
             best = max(r["valid"], key=lambda v: v["valid_bleu"])
             same = valid_at(r, at)
-            lines.append(f"| {arm} | {' '.join(r['overrides']) or '(preset)'} | {r['train_minutes']} | {r['updates']} "
+            lines.append(f"| {arm} | {against_preset(r['config'])} | {r['train_minutes']} | {r['updates']} "
                          f"| {same} | {best['valid_bleu']} ({best['update']}) | {r['valid'][-1]['valid_bleu']} | "
                          f"{r['test2016']} |")
         first = next(iter(arms.values()))
@@ -185,7 +202,8 @@ def main() -> None:
         record.pop("valid_bleu_curve")  # by minutes only; `valid` has updates and minutes
         valid = valid_curve(run)
         test = decode_test(run / "model", args.raw, ["1x1"])[0]
-        batch[arm] = {**record, "overrides": args.set + ARMS[arm], "data": str(data), "valid": valid,
+        config = yaml.safe_load((run / "config.yaml").read_text())  # as trained: the preset of its commit
+        batch[arm] = {**record, "overrides": args.set + ARMS[arm], "config": config, "data": str(data), "valid": valid,
                       "best_valid_bleu": max(v["valid_bleu"] for v in valid), "test2016": test["sacrebleu"]}
         save_results(NAME, results, markdown(results))
         print(f"{tag}/{arm}: best valid BLEU {batch[arm]['best_valid_bleu']}, test2016 {test['sacrebleu']}")

@@ -168,9 +168,12 @@ def from_pretrained(directory: str | Path) -> tuple[Difformer | ARTransformer, C
 
 def init_from(model: torch.nn.Module, directory: str | Path, tokenizer: Path) -> tuple[list[str], list[str]]:
     """Copy into `model` every tensor of a model directory whose name and shape match; return the names
-    copied and those left as initialised. From an autoregressive teacher into a Difformer with a narrower E,
-    the teacher's encoder input embedding is factored into E and enc_in (factor_embedding), so the copied
-    encoder layers see nearly the inputs they were trained on. The directory's tokenizer must be
+    copied and those left as initialised. A position table shorter than the directory's takes its first
+    rows (position i means the same in both: a model for shorter inputs starts from a longer one's). From an
+    autoregressive teacher into a Difformer (E as wide as the
+    teacher's table or narrower), the teacher's encoder input embedding is factored into E and enc_in
+    (factor_embedding), so the copied encoder layers see the inputs they were trained on, exactly when E is
+    as wide and as nearly as e dimensions allow when narrower. The directory's tokenizer must be
     `tokenizer`, byte for byte: an embedding row means a word only in its own vocabulary."""
     directory = Path(directory)
     for name in (WEIGHTS, TOKENIZER):
@@ -182,20 +185,26 @@ def init_from(model: torch.nn.Module, directory: str | Path, tokenizer: Path) ->
     source = load_weights(directory / WEIGHTS)
     own = model.state_dict()
     copied = [k for k, v in own.items() if k in source and source[k].shape == v.shape]
+    shorter = [k for k, v in own.items() if k.endswith("_pos.weight") and k in source and k not in copied
+               and source[k].shape[1:] == v.shape[1:] and source[k].shape[0] > v.shape[0]]
     with torch.no_grad():
         for k in copied:
             own[k].copy_(source[k])
+        for k in shorter:
+            own[k].copy_(source[k][:own[k].shape[0]])
+        copied += shorter
         table = source.get("embed.weight")
-        if (isinstance(model, Difformer) and "embed.weight" not in copied and table is not None
+        if (isinstance(model, Difformer) and table is not None
                 and read_config(directory / CONFIG).model.arch == "transformer"
                 and table.shape == (model.embed.num_embeddings, model.enc_in.out_features)
                 and model.embed.embedding_dim <= table.shape[1]):
-            # the teacher feeds its encoder sqrt(d) * table[x]; ours enc_in(sqrt(e) * E[x]), e < d
+            # the teacher feeds its encoder sqrt(d) * table[x]; ours enc_in(sqrt(e) * E[x]), e <= d; a table
+            # copied by name (e == d) would leave enc_in random between them
             embed, weight = factor_embedding(table * table.shape[1] ** 0.5, model.embed.embedding_dim)
             model.embed.weight.copy_(embed / model.embed_scale)
             model.enc_in.weight.copy_(weight)
             model.enc_in.bias.zero_()
-            copied += ["embed.weight", "enc_in.weight", "enc_in.bias"]
+            copied += [k for k in ("embed.weight", "enc_in.weight", "enc_in.bias") if k not in copied]
     return copied, [k for k in own if k not in copied]
 
 
