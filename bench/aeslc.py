@@ -225,8 +225,8 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
 
 VALID_DECODINGS = {"1x1": {}, "1x1 50 steps": {"steps": 50}, "1x1 ddim": {"sampler": "ddim"},
                    "1x1 clamp": {"clamp": True}, "1x1 cond-enhance": {"cond_enhance": True},
-                   "7x3 own score": {"length_beam": 7, "noise_beam": 3},
-                   "7x3 mbr": {"length_beam": 7, "noise_beam": 3, "selection": "mbr"}}
+                   "1x1 clamp cond-enhance": {"clamp": True, "cond_enhance": True},
+                   "7x3 own score": {"length_beam": 7, "noise_beam": 3}}
 
 
 def valid_decodings(args: argparse.Namespace, results: dict) -> None:
