@@ -94,6 +94,16 @@ def markdown(results: dict) -> str:
                   f"{_r(results['valid_lead']['annotations'])} | {LEAD_WORDS} | - |"]
         lines += [f"| {name} | {_r(r['rouge']['original'])} | {_r(r['rouge']['annotations'])} | {r['output_words']} | "
                   f"{r['emails_per_second']} |" for name, r in rows.items()]
+        runs = "; ".join(f"`{c}` (commit {k})" for c, k in dict.fromkeys((r["command"], r["commit"]) for r in rows.values()))
+        lines += ["", f"Machine: {next(iter(rows.values()))['machine']}; {runs}"]
+        c = results.get("chosen_on_valid", {}).get(tag)
+        if c:
+            lines += ["", f"Chosen on valid: **{c['decoding']}**. Test, decoded once with it: {_r(c['rouge']['original'])}"
+                      f" (original), {_r(c['rouge']['annotations'])} (annotations), {c['output_words']} words, "
+                      f"{c['emails_per_second']} emails/s (commit {c['commit']}). Examples:", "",
+                      "| email | subject | output |", "|---|---|---|"]
+            lines += ["| " + " | ".join(_cell(x) for x in (e["email"][:100], e["subject"], e["output"])) + " |"
+                      for e in c["examples"]]
     lines += side_by_side_markdown(results)
     return "\n".join(lines) + "\n"
 
@@ -225,20 +235,22 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
 
 VALID_DECODINGS = {"1x1": {}, "1x1 50 steps": {"steps": 50}, "1x1 ddim": {"sampler": "ddim"},
                    "1x1 clamp": {"clamp": True}, "1x1 cond-enhance": {"cond_enhance": True},
-                   "1x1 clamp cond-enhance": {"clamp": True, "cond_enhance": True},
-                   "7x3 own score": {"length_beam": 7, "noise_beam": 3}}
+                   "1x1 clamp cond-enhance": {"clamp": True, "cond_enhance": True}}
 
 
-def valid_decodings(args: argparse.Namespace, results: dict) -> None:
-    """Decoding variants of run `args.valid_decodings`'s model on the valid emails (choose here, then test once)."""
+def valid_decodings(args: argparse.Namespace, results: dict, test: tuple[list[str], list[str], dict]) -> None:
+    """Decoding variants of a recorded Difformer's model (a run or a side-by-side stage) on the valid emails;
+    the best by ROUGE-L against the original subjects then decodes `test` (emails, subjects, references) once."""
     tag = args.valid_decodings
-    if tag not in results.get("runs", {}):
-        raise SystemExit(f"--valid-decodings {tag}: no such run in bench/results/aeslc.json")
+    models = {**{t: args.work / "runs" / t for t in results.get("runs", {})},
+              **{t: args.work / "aeslc-teacher" / "runs" / t for t in results.get("side_by_side", {}) if t != "distill"}}
+    if tag not in models:
+        raise SystemExit(f"--valid-decodings {tag}: no such run in bench/results/aeslc.json ({', '.join(models)})")
     emails, subjects = text_lines(args.data / "valid.src"), text_lines(args.data / "valid.tgt")
     references = {"original": [subjects], "annotations": [text_lines(args.data / f"valid.ann{i}") for i in range(3)]}
     results["valid_lead"] = scores([" ".join(e.split()[:LEAD_WORDS]) for e in emails], references)
     rows = results.setdefault("valid_decodings", {}).setdefault(tag, {})
-    pipe = load(args.work / "runs" / tag / "model", device="cpu")
+    pipe = load(models[tag] / "model", device="cpu")
     for name, options in VALID_DECODINGS.items():
         if name in rows:
             continue
@@ -249,6 +261,19 @@ def valid_decodings(args: argparse.Namespace, results: dict) -> None:
                       "commit": commit(), "machine": machine(), "command": command()}
         print(f"{tag} {name}: ROUGE {_r(rows[name]['rouge']['original'])} (valid, original)", flush=True)
         save_results("aeslc", results, markdown(results))
+    best = max(VALID_DECODINGS, key=lambda n: rows[n]["rouge"]["original"]["rougeL"])
+    chosen = results.setdefault("chosen_on_valid", {})
+    if chosen.get(tag, {}).get("decoding") != best:
+        emails, subjects, references = test
+        with timed() as t:
+            hyps = pipe.generate(emails, **VALID_DECODINGS[best])
+        chosen[tag] = {"decoding": best, "rouge": scores(hyps, references), "output_words": words(hyps),
+                       "emails_per_second": round(len(emails) / t["wall"], 1), "commit": commit(),
+                       "machine": machine(), "command": command(),
+                       "examples": [{"email": e, "subject": s, "output": h}
+                                    for e, s, h in list(zip(emails, subjects, hyps))[:5]]}
+        save_results("aeslc", results, markdown(results))
+    print(f"{tag}: chosen on valid {best}; test ROUGE {_r(chosen[tag]['rouge']['original'])} (original)")
 
 
 def main() -> None:
@@ -261,7 +286,8 @@ def main() -> None:
     p.add_argument("--tag", help="name of the run in the results (default: aeslc-<minutes>min)")
     p.add_argument("--side-by-side", action="store_true",
                    help="the teacher, distillation and both Difformers in one run (see above)")
-    p.add_argument("--valid-decodings", metavar="TAG", help="decoding variants of run TAG's model on valid")
+    p.add_argument("--valid-decodings", metavar="TAG",
+                   help="decoding variants of the model of run (or side-by-side stage) TAG, on valid")
     args = p.parse_args()
     tag = args.tag or f"aeslc-{args.minutes:g}min"
     results = load_results("aeslc")
@@ -272,7 +298,7 @@ def main() -> None:
         side_by_side(args, results, emails, subjects, references)
         return
     if args.valid_decodings:
-        valid_decodings(args, results)
+        valid_decodings(args, results, (emails, subjects, references))
         return
     if tag in results.get("runs", {}):
         print(f"{tag}: already recorded in bench/results/aeslc.json; delete it there to rerun")
