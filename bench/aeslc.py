@@ -9,8 +9,9 @@ three per email), next to the lead baseline (the email's first words).
                                                    # Difformer on raw and distilled subjects, in one run
     python bench/aeslc.py --valid-decodings TAG    # decoding variants of a recorded run's model, on valid
 
-Emails are cut to the model's positions in training and decoding (126 subwords for the `aeslc` preset's 128;
-each cut has its own prepared copy, work/aeslc-<subwords>); subjects are about 4 words. Resumable: a
+Emails are cut to the model's positions in training and decoding (62 subwords for the `aeslc` preset's 64,
+126 for `aeslc-ar`'s 128; each cut has its own prepared copy, work/aeslc-<subwords>, except in the side by
+side, where all train on the teacher's and the Difformer's batches cut further); subjects are about 4 words. Resumable: a
 finished run is recorded in results/aeslc.json and skipped next time; a killed run continues from its last
 checkpoint. One training at a time: two on 2 cores distort both.
 
@@ -186,7 +187,8 @@ def decode_rows(model_dir: Path, emails: list[str], subjects: list[str], referen
 
 def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], subjects: list[str],
                  references: dict) -> None:
-    data = prepared(args.data, args.work, load_config("aeslc").model.max_positions)
+    # emails cut for the teacher's positions; the Difformer's batches cut them further to its own (collate)
+    data = prepared(args.data, args.work, load_config("aeslc-ar").model.max_positions)
     work = args.work / "aeslc-teacher"
     teacher = work / "runs" / f"ar-{args.minutes:g}min" / "model"
     side = results.setdefault("side_by_side", {})

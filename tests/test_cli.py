@@ -95,5 +95,7 @@ def test_every_preset_loads_and_the_summary_presets_choose_by_rouge():
         load_config(name).validate()
     for name in ("aeslc", "aeslc-ar"):
         cfg = load_config(name)
-        assert cfg.train.valid_metric == "rouge" and cfg.model.max_positions == 128
+        assert cfg.train.valid_metric == "rouge"
+    # bench/aeslc.py --side-by-side prepares emails for the teacher's positions: the Difformer's may not be more
+    assert load_config("aeslc").model.max_positions == 64 <= load_config("aeslc-ar").model.max_positions == 128
     assert not load_config("aeslc").model.length_offset and load_config("aeslc-ar").decode.max_len_a == 0
