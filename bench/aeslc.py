@@ -5,6 +5,11 @@ three per email), next to the lead baseline (the email's first words).
     python bench/aeslc.py                          # 25 minutes of the multi30k preset, untuned for this task
     python bench/aeslc.py --tag aeslc-25min-abslen model.length_offset=false   # lengths predicted outright
     python bench/aeslc.py --tag lr1e-3 train.lr=1e-3   # an experiment, recorded under its tag
+    python bench/aeslc.py --config aeslc --tag src62-25min   # the `aeslc` preset
+    python bench/aeslc.py --config aeslc --tag warm-ar-src62-25min \
+        train.init_from=bench/work/aeslc-teacher/runs/ar-25min/model   # warm-started from the side by side's teacher
+    python bench/aeslc.py --config aeslc --tag warm-ar-distilled-src62-25min \
+        --train-data bench/work/aeslc-teacher/aeslc-distilled train.init_from=...   # on the teacher's subjects
     python bench/aeslc.py --side-by-side           # the `aeslc-ar` teacher, distillation, and the `aeslc`
                                                    # Difformer on raw and distilled subjects, in one run
     python bench/aeslc.py --valid-decodings TAG    # decoding variants of a recorded run's model, on valid
@@ -68,15 +73,16 @@ def scores(hyps: list[str], references: dict[str, list[list[str]]]) -> dict:
 def markdown(results: dict) -> str:
     lines = ["# AESLC: email body -> subject line (test, 1,906 emails), trained on this CPU for a wall-clock budget",
              "", "ROUGE F1 x100 (rouge-score, Porter stemming). *original*: the email's own subject; *annotations*: "
-             "the best of three human-written subjects per email.", "",
-             "| system | train min | updates | decoding | R-1 / R-2 / R-L original | R-1 / R-2 / R-L annotations | emails/s |",
-             "|---|---|---|---|---|---|---|"]
+             "the best of three human-written subjects per email. *overrides*: the preset of the run's commit "
+             "(`--config`) and what the command changed.", "",
+             "| system | overrides | train min | updates | decoding | R-1 / R-2 / R-L original | "
+             "R-1 / R-2 / R-L annotations | emails/s |", "|---|---|---|---|---|---|---|---|"]
     if "lead" in results:
         s = results["lead"]
-        lines.append(f"| lead-{LEAD_WORDS} (the email's first {LEAD_WORDS} words) | - | - | - | {_r(s['original'])} | "
+        lines.append(f"| lead-{LEAD_WORDS} (the email's first {LEAD_WORDS} words) | - | - | - | - | {_r(s['original'])} | "
                      f"{_r(s['annotations'])} | - |")
     for tag, r in results.get("runs", {}).items():
-        lines.append(f"| {tag} | {r['train_minutes']} | {r['updates']} | {r['setting'].split(' NFE')[0]} | "
+        lines.append(f"| {tag} | {_overrides(r)} | {r['train_minutes']} | {r['updates']} | {r['setting'].split(' NFE')[0]} | "
                      f"{_r(r['rouge']['original'])} | {_r(r['rouge']['annotations'])} | "
                      f"{r['decode_sentences_per_second']} |")
     for tag, r in results.get("runs", {}).items():
@@ -149,6 +155,15 @@ def side_by_side_markdown(results: dict) -> list[str]:
             outputs = [row["examples"][i]["output"] for row in r["results"]]
             lines.append("| " + " | ".join(_cell(x) for x in (e["email"][:100], e["subject"], *outputs)) + " |")
     return lines
+
+
+def _overrides(run: dict) -> str:
+    """The run's preset (--config) and overrides, paths of a checkout's bench/work as bench/work/..."""
+    config = run["command"].split("--config ", 1)[1].split()[0] if "--config " in run["command"] else "multi30k"
+    data = [f"--train-data={run['train_data']}"] if run.get("train_data") else []
+    shown = [x if "/bench/work/" not in x else x.split("=")[0] + "=bench/work/" + x.split("/bench/work/", 1)[1]
+             for x in data + run.get("overrides", [])]
+    return " ".join([f"`{config}`", *shown])
 
 
 def _cell(text: str) -> str:
@@ -288,6 +303,8 @@ def main() -> None:
     p.add_argument("--tag", help="name of the run in the results (default: aeslc-<minutes>min)")
     p.add_argument("--side-by-side", action="store_true",
                    help="the teacher, distillation and both Difformers in one run (see above)")
+    p.add_argument("--train-data", type=Path, metavar="DIR",
+                   help="a prepared directory to train on (the side by side's distilled subjects, say)")
     p.add_argument("--valid-decodings", metavar="TAG",
                    help="decoding variants of the model of run (or side-by-side stage) TAG, on valid")
     args = p.parse_args()
@@ -308,7 +325,8 @@ def main() -> None:
         return
     run = args.work / "runs" / tag
     cfg = load_config(args.config, [f"train.save_dir={run}", f"train.max_minutes={args.minutes}", *args.overrides])
-    cfg.train.data = str(prepared(args.data, args.work, cfg.model.max_positions))
+    # a prepared directory given (distilled subjects) is cut to the model's positions by its batches
+    cfg.train.data = str(args.train_data or prepared(args.data, args.work, cfg.model.max_positions))
     code = commit()
     train_time = train_run(cfg, run, tag)
     pipe = load(run / "model", device="cpu")  # a CPU benchmark, also on a machine with a GPU
@@ -318,6 +336,7 @@ def main() -> None:
     record = {**training_record(run, train_time, code), "setting": decoding.describe(), "nfe": decoding.nfe,
               "precision": pipe.precision, "decode_sentences_per_second": round(len(emails) / t["wall"], 1),
               "rouge": scores(hyps, references), "overrides": args.overrides, "truncated_inputs": len(pipe.truncated),
+              "train_data": str(args.train_data) if args.train_data else None,
               "examples": [{"email": e, "subject": s, "output": h} for e, s, h in list(zip(emails, subjects, hyps))[:8]]}
     results.setdefault("runs", {})[tag] = record
     save_results("aeslc", results, markdown(results))
