@@ -15,10 +15,10 @@ three per email), next to the lead baseline (the email's first words).
     python bench/aeslc.py --valid-decodings TAG    # decoding variants of a recorded run's model, on valid
 
 Emails are cut to the model's positions in training and decoding (62 subwords for the `aeslc` preset's 64,
-126 for `aeslc-ar`'s 128; each cut has its own prepared copy, work/aeslc-<subwords>, except in the side by
-side, where all train on the teacher's and the Difformer's batches cut further); subjects are about 4 words. Resumable: a
-finished run is recorded in results/aeslc.json and skipped next time; a killed run continues from its last
-checkpoint. One training at a time: two on 2 cores distort both.
+126 for `aeslc-ar`'s 128); each cut has its own prepared copy, work/aeslc-<subwords>, except in the side by
+side, where all train on the teacher's and the Difformer's batches cut further. Subjects are about 4 words.
+Resumable: a finished run is recorded in results/aeslc.json and skipped next time; a killed run continues
+from its last checkpoint. One training at a time: two on 2 cores distort both.
 
 --side-by-side runs its stages in order, each recorded in results/aeslc.json when done and skipped next
 time: ar-25min (`aeslc-ar`, beam 4), distill (the training emails decoded by it, beam 4),

@@ -170,10 +170,10 @@ def init_from(model: torch.nn.Module, directory: str | Path, tokenizer: Path) ->
     """Copy into `model` every tensor of a model directory whose name and shape match; return the names
     copied and those left as initialised. A position table shorter than the directory's takes its first
     rows (position i means the same in both: a model for shorter inputs starts from a longer one's). From an
-    autoregressive teacher into a Difformer (E as wide as the
-    teacher's table or narrower), the teacher's encoder input embedding is factored into E and enc_in
-    (factor_embedding), so the copied encoder layers see the inputs they were trained on, exactly when E is
-    as wide and as nearly as e dimensions allow when narrower. The directory's tokenizer must be
+    autoregressive teacher into a Difformer with an E as wide as the teacher's table or narrower, the
+    teacher's encoder input embedding is factored into E and enc_in (factor_embedding), so the copied encoder
+    layers see the inputs they were trained on: exactly when E is as wide, as nearly as e dimensions allow
+    when narrower. The directory's tokenizer must be
     `tokenizer`, byte for byte: an embedding row means a word only in its own vocabulary."""
     directory = Path(directory)
     for name in (WEIGHTS, TOKENIZER):
