@@ -12,7 +12,8 @@ three per email), next to the lead baseline (the email's first words).
         --train-data bench/work/aeslc-teacher/aeslc-distilled train.init_from=...   # on the teacher's subjects
     python bench/aeslc.py --side-by-side           # the `aeslc-ar` teacher, distillation, and the `aeslc`
                                                    # Difformer on raw and distilled subjects, in one run
-    python bench/aeslc.py --valid-decodings TAG    # decoding variants of a recorded run's model, on valid
+    python bench/aeslc.py --valid-decodings TAG    # decoding variants of a recorded run's model on valid
+                                                   # (one reranked by the side by side's teacher)
 
 Emails are cut to the model's positions in training and decoding (62 subwords for the `aeslc` preset's 64,
 126 for `aeslc-ar`'s 128); each cut has its own prepared copy, work/aeslc-<subwords>, except in the side by
@@ -38,7 +39,7 @@ from difformer.config import load_config  # noqa: E402
 from difformer.data.corpus import read_lines  # noqa: E402
 from difformer.data.prepare import prepare  # noqa: E402
 from difformer.distill import distill  # noqa: E402
-from difformer.generate import load  # noqa: E402
+from difformer.generate import Pipeline, load  # noqa: E402
 from difformer.metrics import rouge  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -76,15 +77,15 @@ def markdown(results: dict) -> str:
              "the best of three human-written subjects per email. *overrides*: the preset of the run's commit "
              "(`--config`) and what the command changed.", "",
              "| system | overrides | train min | updates | decoding | R-1 / R-2 / R-L original | "
-             "R-1 / R-2 / R-L annotations | emails/s |", "|---|---|---|---|---|---|---|---|"]
+             "R-1 / R-2 / R-L annotations | output words | emails/s |", "|---|---|---|---|---|---|---|---|---|"]
     if "lead" in results:
         s = results["lead"]
         lines.append(f"| lead-{LEAD_WORDS} (the email's first {LEAD_WORDS} words) | - | - | - | - | {_r(s['original'])} | "
-                     f"{_r(s['annotations'])} | - |")
+                     f"{_r(s['annotations'])} | {LEAD_WORDS} | - |")
     for tag, r in results.get("runs", {}).items():
         lines.append(f"| {tag} | {_overrides(r)} | {r['train_minutes']} | {r['updates']} | {r['setting'].split(' NFE')[0]} | "
-                     f"{_r(r['rouge']['original'])} | {_r(r['rouge']['annotations'])} | "
-                     f"{r['decode_sentences_per_second']} |")
+                     f"{_r(r['rouge']['original'])} | {_r(r['rouge']['annotations'])} | {r.get('output_words', '-')} | "
+                     f"{r['emails_per_second']} |")
     for tag, r in results.get("runs", {}).items():
         lines += ["", f"Examples of `{tag}` (first test emails, cut to 100 characters):", "",
                   "| email | subject | output |", "|---|---|---|"]
@@ -101,13 +102,14 @@ def markdown(results: dict) -> str:
                   f"{_r(results['valid_lead']['annotations'])} | {LEAD_WORDS} | - |"]
         lines += [f"| {name} | {_r(r['rouge']['original'])} | {_r(r['rouge']['annotations'])} | {r['output_words']} | "
                   f"{r['emails_per_second']} |" for name, r in rows.items()]
-        runs = "; ".join(f"`{c}` (commit {k})" for c, k in dict.fromkeys((r["command"], r["commit"]) for r in rows.values()))
+        runs = "; ".join(f"`{c}` (commit {k})" for c, k in
+                         dict.fromkeys((r["command"], r["decode_commit"]) for r in rows.values()))
         lines += ["", f"Machine: {next(iter(rows.values()))['machine']}; {runs}"]
         c = results.get("chosen_on_valid", {}).get(tag)
         if c:
             lines += ["", f"Chosen on valid: **{c['decoding']}**. Test, decoded once with it: {_r(c['rouge']['original'])}"
                       f" (original), {_r(c['rouge']['annotations'])} (annotations), {c['output_words']} words, "
-                      f"{c['emails_per_second']} emails/s (commit {c['commit']}). Examples:", "",
+                      f"{c['emails_per_second']} emails/s (commit {c['decode_commit']}). Examples:", "",
                       "| email | subject | output |", "|---|---|---|"]
             lines += ["| " + " | ".join(_cell(x) for x in (e["email"][:100], e["subject"], e["output"])) + " |"
                       for e in c["examples"]]
@@ -159,11 +161,10 @@ def side_by_side_markdown(results: dict) -> list[str]:
 
 def _overrides(run: dict) -> str:
     """The run's preset (--config) and overrides, paths of a checkout's bench/work as bench/work/..."""
-    config = run["command"].split("--config ", 1)[1].split()[0] if "--config " in run["command"] else "multi30k"
     data = [f"--train-data={run['train_data']}"] if run.get("train_data") else []
     shown = [x if "/bench/work/" not in x else x.split("=")[0] + "=bench/work/" + x.split("/bench/work/", 1)[1]
              for x in data + run.get("overrides", [])]
-    return " ".join([f"`{config}`", *shown])
+    return " ".join([f"`{run['config']}`", *shown])
 
 
 def _cell(text: str) -> str:
@@ -183,19 +184,26 @@ def words(lines: list[str]) -> float:
     return round(sum(len(x.split()) for x in lines) / max(len(lines), 1), 2)
 
 
+def decoded(pipe: Pipeline, name: str, options: dict, emails: list[str], subjects: list[str], references: dict,
+            examples: int = 5) -> dict:
+    """One decoding of `emails` with `options` (none: the model's own): ROUGE against both reference sets,
+    output length, speed and the first examples."""
+    with timed() as t:
+        hyps = pipe.generate(emails, **options)
+    return {"decoding": name, "setting": pipe.describe(pipe.decode_config(**options)), "precision": pipe.precision,
+            "rouge": scores(hyps, references), "output_words": words(hyps),
+            "emails_per_second": round(len(emails) / t["wall"], 1), "decode_commit": commit(), "machine": machine(),
+            "command": command(), "examples": [{"email": e, "subject": s, "output": h}
+                                               for e, s, h in list(zip(emails, subjects, hyps))[:examples]]}
+
+
 def decode_rows(model_dir: Path, emails: list[str], subjects: list[str], references: dict, settings: dict,
                 reranker: Path | None = None) -> list[dict]:
-    """Each decoding of the test emails: ROUGE against both reference sets, output length, speed, examples."""
+    """Each decoding of the test emails (`settings`: name -> options)."""
     pipe = load(model_dir, device="cpu", reranker=reranker)  # a CPU benchmark, also on a machine with a GPU
     rows = []
     for name, options in settings.items():
-        with timed() as t:
-            hyps = pipe.generate(emails, **options)
-        rows.append({"decoding": name, "setting": pipe.describe(pipe.decode_config(**options)),
-                     "precision": pipe.precision, "rouge": scores(hyps, references), "output_words": words(hyps),
-                     "emails_per_second": round(len(emails) / t["wall"], 1), "decode_commit": commit(),
-                     "examples": [{"email": e, "subject": s, "output": h}
-                                  for e, s, h in list(zip(emails, subjects, hyps))[:5]]})
+        rows.append(decoded(pipe, name, options, emails, subjects, references))
         print(f"  {name}: ROUGE {_r(rows[-1]['rouge']['original'])} (original)", flush=True)
     return rows
 
@@ -254,43 +262,36 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
 _PLAIN = {"steps": 20, "sampler": "ddpm", "clamp": False, "cond_enhance": False, "length_beam": 1, "noise_beam": 1}
 VALID_DECODINGS = {"1x1": _PLAIN, "1x1 50 steps": {**_PLAIN, "steps": 50}, "1x1 ddim": {**_PLAIN, "sampler": "ddim"},
                    "1x1 clamp": {**_PLAIN, "clamp": True}, "1x1 cond-enhance": {**_PLAIN, "cond_enhance": True},
-                   "1x1 clamp cond-enhance": {**_PLAIN, "clamp": True, "cond_enhance": True}}
+                   "1x1 clamp cond-enhance": {**_PLAIN, "clamp": True, "cond_enhance": True},
+                   "7x3 clamp teacher rerank": {**_PLAIN, "clamp": True, "length_beam": 7, "noise_beam": 3,
+                                                "selection": "ar"}}
 
 
 def valid_decodings(args: argparse.Namespace, results: dict, test: tuple[list[str], list[str], dict]) -> None:
     """Decoding variants of a recorded Difformer's model (a run or a side-by-side stage) on the valid emails;
-    the best by ROUGE-L against the original subjects then decodes `test` (emails, subjects, references) once."""
+    the best by ROUGE-L against the original subjects then decodes `test` (emails, subjects, references) once.
+    The teacher-reranked variant needs the side by side's teacher (`--reranker`)."""
     tag = args.valid_decodings
     models = {**{t: args.work / "runs" / t for t in results.get("runs", {})},
               **{t: args.work / "aeslc-teacher" / "runs" / t for t in results.get("side_by_side", {}) if t != "distill"}}
     if tag not in models:
         raise SystemExit(f"--valid-decodings {tag}: no such run in bench/results/aeslc.json ({', '.join(models)})")
+    if not (args.reranker / "model.safetensors").exists():
+        raise SystemExit(f"--reranker {args.reranker}: no model there (train it with --side-by-side)")
     emails, subjects = text_lines(args.data / "valid.src"), text_lines(args.data / "valid.tgt")
     references = {"original": [subjects], "annotations": [text_lines(args.data / f"valid.ann{i}") for i in range(3)]}
     results["valid_lead"] = scores([" ".join(e.split()[:LEAD_WORDS]) for e in emails], references)
     rows = results.setdefault("valid_decodings", {}).setdefault(tag, {})
-    pipe = load(models[tag] / "model", device="cpu")
+    pipe = load(models[tag] / "model", device="cpu", reranker=args.reranker)
     for name, options in VALID_DECODINGS.items():
-        if name in rows:
-            continue
-        with timed() as t:
-            hyps = pipe.generate(emails, **options)
-        rows[name] = {"setting": pipe.describe(pipe.decode_config(**options)), "rouge": scores(hyps, references),
-                      "output_words": words(hyps), "emails_per_second": round(len(emails) / t["wall"], 1),
-                      "commit": commit(), "machine": machine(), "command": command()}
-        print(f"{tag} {name}: ROUGE {_r(rows[name]['rouge']['original'])} (valid, original)", flush=True)
-        save_results("aeslc", results, markdown(results))
+        if name not in rows:
+            rows[name] = decoded(pipe, name, options, emails, subjects, references, examples=0)
+            print(f"{tag} {name}: ROUGE {_r(rows[name]['rouge']['original'])} (valid, original)", flush=True)
+            save_results("aeslc", results, markdown(results))
     best = max(VALID_DECODINGS, key=lambda n: rows[n]["rouge"]["original"]["rougeL"])
     chosen = results.setdefault("chosen_on_valid", {})
     if chosen.get(tag, {}).get("decoding") != best:
-        emails, subjects, references = test
-        with timed() as t:
-            hyps = pipe.generate(emails, **VALID_DECODINGS[best])
-        chosen[tag] = {"decoding": best, "rouge": scores(hyps, references), "output_words": words(hyps),
-                       "emails_per_second": round(len(emails) / t["wall"], 1), "commit": commit(),
-                       "machine": machine(), "command": command(),
-                       "examples": [{"email": e, "subject": s, "output": h}
-                                    for e, s, h in list(zip(emails, subjects, hyps))[:5]]}
+        chosen[tag] = decoded(pipe, best, VALID_DECODINGS[best], *test)
         save_results("aeslc", results, markdown(results))
     print(f"{tag}: chosen on valid {best}; test ROUGE {_r(chosen[tag]['rouge']['original'])} (original)")
 
@@ -309,6 +310,8 @@ def main() -> None:
                    help="a prepared directory to train on (the side by side's distilled subjects, say)")
     p.add_argument("--valid-decodings", metavar="TAG",
                    help="decoding variants of the model of run (or side-by-side stage) TAG, on valid")
+    p.add_argument("--reranker", type=Path, default=HERE / "work" / "aeslc-teacher" / "runs" / "ar-25min" / "model",
+                   help="the autoregressive model that reranks candidates in --valid-decodings (the side by side's)")
     args = p.parse_args()
     tag = args.tag or f"aeslc-{args.minutes:g}min"
     results = load_results("aeslc")
@@ -332,14 +335,10 @@ def main() -> None:
     code = commit()
     train_time = train_run(cfg, run, tag)
     pipe = load(run / "model", device="cpu")  # a CPU benchmark, also on a machine with a GPU
-    with timed() as t:
-        hyps = pipe.generate(emails)
-    decoding = pipe.decode_config()
-    record = {**training_record(run, train_time, code), "setting": decoding.describe(), "nfe": decoding.nfe,
-              "precision": pipe.precision, "decode_sentences_per_second": round(len(emails) / t["wall"], 1),
-              "rouge": scores(hyps, references), "overrides": args.overrides, "truncated_inputs": len(pipe.truncated),
-              "train_data": str(args.train_data) if args.train_data else None,
-              "examples": [{"email": e, "subject": s, "output": h} for e, s, h in list(zip(emails, subjects, hyps))[:8]]}
+    record = {**training_record(run, train_time, code),
+              **decoded(pipe, "as trained", {}, emails, subjects, references, examples=8),
+              "nfe": pipe.decode_config().nfe, "config": args.config, "overrides": args.overrides,
+              "truncated_inputs": len(pipe.truncated), "train_data": str(args.train_data) if args.train_data else None}
     results.setdefault("runs", {})[tag] = record
     save_results("aeslc", results, markdown(results))
     print(f"{tag}: ROUGE-1/2/L {_r(record['rouge']['original'])} (original subjects), "
