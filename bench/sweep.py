@@ -6,6 +6,8 @@ on one machine: validation BLEU per update and per minute, and test2016 once per
     python bench/sweep.py --minutes 25 --arms control lr-cosine --tag confirm   # confirm the winners
     python bench/sweep.py --data bench/work/teacher/multi30k-distilled --tag distilled   # on distilled targets
     python bench/sweep.py --minutes 25 --set train.seed=2 --tag seed2 --arms control min-t-0.2   # another seed
+    python bench/sweep.py --minutes 25 --tag preset-25min --arms init-teacher-encoder init-teacher-decoder
+                                                            # what the warm start owes each side of the teacher
     python bench/sweep.py --decoding MODEL [MODEL ...]      # the decoding levers, free at training time
 
 Arms are chosen on validation BLEU (the best of the run, and at the last validation); test2016 (1x1) is
@@ -17,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
 import yaml
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import command, commit, load_results, machine, save_results, scored, split_text  # noqa: E402
@@ -28,9 +33,14 @@ from multi30k import decode_test, prepared, train_run, training_record  # noqa: 
 
 from difformer.config import load_config  # noqa: E402
 from difformer.generate import load  # noqa: E402
+from difformer.hub import WEIGHTS  # noqa: E402
 
 HERE = Path(__file__).parent
 NAME = "sweep"
+TEACHER = HERE / "work" / "teacher" / "runs" / "ar-25min" / "model"  # bench/teacher.py's, same tokenizer
+# the teacher's tensors by side, for the ablation of the warm start: init_from copies what a directory holds
+TEACHER_PARTS = {"encoder": ("embed.", "enc_pos.", "encoder.", "enc_norm."),
+                 "decoder": ("dec_pos.", "decoder.", "dec_norm.")}
 # one change each to the `multi30k` preset (DESIGN.md and issue 15 say why each is a candidate)
 ARMS = {
     "control": [],
@@ -48,7 +58,10 @@ ARMS = {
     "soft-absorb-0.5": ["model.soft_absorb=0.5"],
     # warm start from the autoregressive teacher of bench/teacher.py (25 minutes on the raw targets, same
     # tokenizer): its encoder and decoder layers, its source embedding factored into E and enc_in
-    "init-teacher": [f"train.init_from={HERE / 'work' / 'teacher' / 'runs' / 'ar-25min' / 'model'}"],
+    "init-teacher": [f"train.init_from={TEACHER}"],
+    # the same, one side each: embedding, positions, layers and norm of the teacher's encoder, or of its decoder
+    **{f"init-teacher-{part}": [f"train.init_from={TEACHER.parent.parent.parent / 'parts' / part}"]
+       for part in TEACHER_PARTS},
     # the 10-minute winners together (each beat the control's best valid BLEU by 0.85 or more), for 25 minutes
     "winners": ["train.lr_schedule=cosine", "diffusion.min_t=0.1", "model.dropout=0", "model.embed_dim=64"],
 }
@@ -74,6 +87,21 @@ def against_preset(config: dict) -> str:
                     value = "bench/work/" + value.split("/bench/work/", 1)[1]
                 changed.append(f"{section}.{key}={value}")
     return " ".join(changed) or "(preset)"
+
+
+def teacher_part(part: str) -> None:
+    """The teacher's model directory with only `part`'s tensors (TEACHER_PARTS), made once."""
+    dest = TEACHER.parent.parent.parent / "parts" / part
+    if (dest / WEIGHTS).exists():
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in TEACHER.iterdir():
+        if f.name != WEIGHTS:
+            shutil.copy(f, dest / f.name)
+    weights = load_file(str(TEACHER / WEIGHTS))
+    tmp = dest / (WEIGHTS + ".tmp")  # renamed when whole: a killed run never leaves half a model
+    save_file({k: v for k, v in weights.items() if k.startswith(TEACHER_PARTS[part])}, str(tmp))
+    os.replace(tmp, dest / WEIGHTS)
 
 
 def valid_curve(run: Path) -> list[dict]:
@@ -190,6 +218,8 @@ def main() -> None:
             print(f"{tag}/{arm}: recorded in results/{NAME}.json; skipped")
             continue
         run = args.work / NAME / tag / arm
+        if arm.removeprefix("init-teacher-") in TEACHER_PARTS:
+            teacher_part(arm.removeprefix("init-teacher-"))
         cfg = load_config("multi30k", [f"train.data={data}", f"train.save_dir={run}",
                                        f"train.max_minutes={args.minutes}", *args.set, *ARMS[arm]])
         started = run / "commit.txt"  # the code the run was started with, kept across resumes
