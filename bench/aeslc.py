@@ -22,8 +22,11 @@ Resumable: a finished run is recorded in results/aeslc.json and skipped next tim
 from its last checkpoint. One training at a time: two on 2 cores distort both.
 
 --side-by-side runs its stages in order, each recorded in results/aeslc.json when done and skipped next
-time: ar-25min (`aeslc-ar`, beam 4), distill (the training emails decoded by it, beam 4),
-difformer-raw-25min and difformer-distilled-25min (`aeslc`; 1x1, and 7x3 reranked by the teacher).
+time: ar-25min (`aeslc-ar`, beam 4), distill (the training emails decoded by it, beam 4), then the
+`aeslc` Difformer on raw and on distilled subjects, from scratch (difformer-raw-25min,
+difformer-distilled-25min) and warm-started from the teacher (difformer-warm-raw-25min,
+difformer-warm-distilled-25min); each decodes 1x1 and 7x3 reranked by the teacher. A stage's minutes
+with the teacher's (its targets or its weights) and the distillation's are reported beside its own.
 """
 from __future__ import annotations
 
@@ -137,7 +140,8 @@ def side_by_side_markdown(results: dict) -> list[str]:
     for tag, r in side.items():
         if tag == "distill":
             continue
-        total = round(r["train_minutes"] + teacher + dist, 1) if "distilled" in tag else r["train_minutes"]
+        uses_teacher = "distilled" in tag or "warm" in tag  # its targets, or its weights as the start
+        total = round(r["train_minutes"] + teacher * uses_teacher + dist * ("distilled" in tag), 1)
         for row in r["results"]:
             lines.append(f"| {tag} | {r['train_minutes']} ({total}) | {r['updates']} | {row['decoding']} | "
                          f"{_r(row['rouge']['original'])} | {_r(row['rouge']['annotations'])} | "
@@ -218,17 +222,18 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
     results["reference_words"] = {"original": words(subjects),
                                   "annotations": words([a for ann in references["annotations"] for a in ann])}
 
-    def train_stage(tag: str, preset: str, train_data: Path, settings: dict, reranker: Path | None) -> None:
+    def train_stage(tag: str, preset: str, train_data: Path, settings: dict, reranker: Path | None,
+                    overrides: tuple[str, ...] = ()) -> None:
         run = work / "runs" / tag
         cfg = load_config(preset, [f"train.data={train_data}", f"train.save_dir={run}",
-                                   f"train.max_minutes={args.minutes}"])
+                                   f"train.max_minutes={args.minutes}", *overrides])
         started = run / "commit.txt"  # the code the run was started with, kept across resumes
         if not started.exists():
             run.mkdir(parents=True, exist_ok=True)
             started.write_text(commit())
         train_time = train_run(cfg, run, tag)
         side[tag] = {**training_record(run, train_time, started.read_text().strip()), "preset": preset,
-                     "data": str(train_data),
+                     "data": str(train_data), "overrides": list(overrides),
                      "results": decode_rows(run / "model", emails, subjects, references, settings, reranker)}
 
     def distill_stage() -> None:
@@ -241,14 +246,14 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
                            "teacher_bleu_vs_train_references": d["teacher_bleu_vs_references"],
                            "machine": machine(), "commit": commit(), "command": command()}
 
-    m = f"{args.minutes:g}min"
+    m, distilled, warm = f"{args.minutes:g}min", work / "aeslc-distilled", (f"train.init_from={teacher}",)
     stages = {f"ar-{m}": lambda: train_stage(f"ar-{m}", "aeslc-ar", data, SIDE_BY_SIDE_AR, None),
-              "distill": distill_stage,
-              f"difformer-raw-{m}": lambda: train_stage(f"difformer-raw-{m}", "aeslc", data,
-                                                        SIDE_BY_SIDE_DIFFUSION, teacher),
-              f"difformer-distilled-{m}": lambda: train_stage(f"difformer-distilled-{m}", "aeslc",
-                                                              work / "aeslc-distilled", SIDE_BY_SIDE_DIFFUSION,
-                                                              teacher)}
+              "distill": distill_stage}
+    for name, train_data, overrides in (("raw", data, ()), ("distilled", distilled, ()),
+                                        ("warm-raw", data, warm), ("warm-distilled", distilled, warm)):
+        tag = f"difformer-{name}-{m}"
+        stages[tag] = (lambda tag=tag, train_data=train_data, overrides=overrides:
+                       train_stage(tag, "aeslc", train_data, SIDE_BY_SIDE_DIFFUSION, teacher, overrides))
     for tag, stage in stages.items():
         if tag in side:
             print(f"{tag}: recorded in results/aeslc.json; skipped")
