@@ -50,6 +50,7 @@ ARMS = {
     "embed-64": ["model.embed_dim=64"],
     "embed-32": ["model.embed_dim=32"],
     "self-cond-0.25": ["diffusion.self_cond=0.25"],
+    "self-cond-0": ["diffusion.self_cond=0"],  # no second forward at all: more updates, no self-conditioning
     "dropout-0": ["model.dropout=0"],
     # min_t 0.1 is the preset since it won at 25 minutes with two seeds (the runs before name it as an override)
     "min-t-0": ["diffusion.min_t=0"],

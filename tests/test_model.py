@@ -3,9 +3,11 @@ import dataclasses
 
 import torch
 
-from difformer.config import DecodeConfig, ModelConfig
+from difformer.config import Config, DecodeConfig, DiffusionConfig, ModelConfig
+from difformer.data.tokenizer import Tokenizer
 from difformer.diffusion.sampling import generate_candidates
 from difformer.diffusion.schedule import Schedule
+from difformer.generate import Pipeline
 from difformer.model.difformer import Difformer, length_targets, predict_lengths
 
 
@@ -153,6 +155,34 @@ def test_condition_enhanced_decoding_tells_the_network_the_first_step_at_every_s
     generate_candidates(model, schedule, src, src != 0, DecodeConfig(steps=4, cond_enhance=True))
     assert [t[0] for t in plain] == [999.5, 666.5, 333.0, 0.0]
     assert [t[0] for t in times] == [999.5] * 4
+
+
+def test_a_model_trained_without_self_conditioning_is_sampled_without_it(monkeypatch):
+    model, schedule = tiny(), Schedule("sqrt", 2000)
+    fed = []
+    real = Difformer.denoise
+    monkeypatch.setattr(Difformer, "denoise",
+                        lambda self, z, p, *a: fed.append(p.abs().sum().item()) or real(self, z, p, *a))
+    src = torch.tensor([[4, 5, 6, 3]])
+    generate_candidates(model, schedule, src, src != 0, DecodeConfig(steps=4))
+    assert fed[0] == 0 and all(x > 0 for x in fed[1:])  # self-conditioned: the previous z0_hat
+    fed.clear()
+    generate_candidates(model, schedule, src, src != 0, DecodeConfig(steps=4), self_condition=False)
+    assert fed == [0] * 4  # as in training with diffusion.self_cond 0: p is always zero
+
+
+def test_a_pipeline_self_conditions_only_a_model_trained_with_it(tiny_data, monkeypatch):
+    tok = Tokenizer(tiny_data / "tokenizer.model")
+    cfg = ModelConfig(vocab_size=tok.vocab_size, embed_dim=8, d_model=16, n_heads=2, ffn_dim=32, enc_layers=1,
+                      dec_layers=1, dropout=0.0, max_positions=16)
+    fed = []
+    real = Difformer.denoise
+    monkeypatch.setattr(Difformer, "denoise",
+                        lambda self, z, p, *a: fed.append(p.abs().sum().item()) or real(self, z, p, *a))
+    for self_cond in (0.5, 0.0):
+        config = Config(model=cfg, diffusion=DiffusionConfig(self_cond=self_cond), decode=DecodeConfig(steps=3))
+        Pipeline(Difformer(cfg), config.validate(), tok, "fp32").generate(["a b c"])
+    assert fed[:3] != [0] * 3 and fed[3:] == [0] * 3
 
 
 def test_length_groups_cover_every_row_once_longest_first():

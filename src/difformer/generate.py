@@ -69,11 +69,11 @@ def detokenize(tokenizer: Tokenizer, rows: list[list[int]], lengths: list[int]) 
 @torch.no_grad()
 def decode_ids(model: Difformer | ARTransformer, schedule: Schedule | None, tokenizer: Tokenizer,
                sources: list[list[int]], cfg: DecodeConfig, precision: str = "fp32",
-               reranker: ARTransformer | None = None) -> list[str]:
+               reranker: ARTransformer | None = None, self_condition: bool = True) -> list[str]:
     """Decode tokenized sources (no EOS, within max_positions - 1) into detokenized strings, in order.
 
     `schedule` is the Difformer's (None for an autoregressive model); `reranker` scores the candidates
-    when cfg.selection is "ar" (same tokenizer).
+    when cfg.selection is "ar" (same tokenizer); `self_condition`: the model's diffusion.self_cond > 0.
     """
     if isinstance(model, ARTransformer):
         return tokenizer.decode(search_tokens(model, tokenizer, sources, cfg, precision))
@@ -86,7 +86,7 @@ def decode_ids(model: Difformer | ARTransformer, schedule: Schedule | None, toke
     for idx, src, mask in source_batches(sources, C, cfg.max_tokens, tokenizer.eos_id, tokenizer.pad_id):
         src, mask = src.to(device), mask.to(device)
         with autocast(precision, device):
-            cand = generate_candidates(model, schedule, src, mask, cfg)
+            cand = generate_candidates(model, schedule, src, mask, cfg, self_condition=self_condition)
         ids = strip_specials(tokenizer, cand.tokens.flatten(0, 1).tolist(), cand.lengths.flatten().tolist())
         flat = tokenizer.decode(ids)
         texts = [flat[b * C:(b + 1) * C] for b in range(len(idx))]
@@ -209,7 +209,8 @@ class Pipeline:
 
     def decode_ids(self, sources: list[list[int]], cfg: DecodeConfig) -> list[str]:
         reranker = self.reranker.model if self.reranker is not None else None
-        return decode_ids(self.model, self.schedule, self.tokenizer, sources, cfg, self.precision, reranker)
+        return decode_ids(self.model, self.schedule, self.tokenizer, sources, cfg, self.precision, reranker,
+                          self.config.diffusion.self_cond > 0)
 
     def generate(self, texts: list[str], **options) -> list[str]:
         return self.decode_ids(self.encode(texts), self.decode_config(**options))
@@ -222,7 +223,7 @@ class Pipeline:
         with autocast(self.precision, self.device):
             trace: list[torch.Tensor] = []
             cand = generate_candidates(self.model, self.schedule, src.to(self.device), src_mask.to(self.device),
-                                       cfg, trace=trace)
+                                       cfg, trace=trace, self_condition=self.config.diffusion.self_cond > 0)
             return [self.model.logits(z).float().argmax(-1) for z in trace], cand.lengths[:, 0]
 
     def trace(self, text: str, **options) -> dict:

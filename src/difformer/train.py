@@ -191,7 +191,8 @@ class Trainer:
         sources = [data.src(i)[:limit].tolist() for i in range(n)]
         refs = tok.decode([data.tgt(i).tolist() for i in range(n)])
         decode_cfg = dataclasses.replace(cfg.decode, length_beam=1, noise_beam=1, early_stop=0, beam=1)
-        hyps = decode_ids(self.model, self.schedule, tok, sources, decode_cfg, self.precision)
+        hyps = decode_ids(self.model, self.schedule, tok, sources, decode_cfg, self.precision,
+                          self_condition=cfg.diffusion.self_cond > 0)
         totals["bleu"] = corpus_bleu(hyps, refs).score
         if cfg.train.valid_metric == "rouge":
             totals.update({k: s.score for k, s in rouge(hyps, refs).items()})

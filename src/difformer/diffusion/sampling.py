@@ -30,11 +30,12 @@ class Candidates:
 @torch.no_grad()
 def denoise_loop(model: Difformer, sampler: Scheduler, cross_kv: list[torch.Tensor], src_mask: torch.Tensor,
                  tgt_mask: torch.Tensor, cfg: DecodeConfig, keys: torch.Tensor,
-                 trace: list[torch.Tensor] | None = None) -> torch.Tensor:
+                 trace: list[torch.Tensor] | None = None, self_condition: bool = True) -> torch.Tensor:
     """Run the sampler's steps from z_T ~ N(0, I) (sampling uses F = 1); return the last z0_hat (N, L, e).
 
     `keys` (N, 2) are the candidates' noise keys (noise.candidate_keys). With `trace`, each step's z0_hat
-    is appended to it (for the trajectory analysis).
+    is appended to it (for the trajectory analysis). `self_condition`: feed each step's z0_hat to the next
+    as p, as training did when diffusion.self_cond > 0; a model trained without it only ever saw p = 0.
     """
     N, L = tgt_mask.shape
     shape, lengths = (N, L, model.cfg.embed_dim), tgt_mask.sum(1)
@@ -51,7 +52,7 @@ def denoise_loop(model: Difformer, sampler: Scheduler, cross_kv: list[torch.Tens
         if i + 1 < last:
             fresh = gaussian(keys, i + 1, lengths, shape) if sampler.needs_noise(i) else None
             z = sampler.step(i, z0_hat, z, fresh)
-        p = z0_hat
+        p = z0_hat if self_condition else p
     return z0_hat
 
 
@@ -77,11 +78,13 @@ CPU_GROUP_TOKENS = 2048
 
 @torch.no_grad()
 def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor, src_mask: torch.Tensor,
-                        cfg: DecodeConfig, trace: list[torch.Tensor] | None = None) -> Candidates:
+                        cfg: DecodeConfig, trace: list[torch.Tensor] | None = None,
+                        self_condition: bool = True) -> Candidates:
     """Encode once, predict lengths, expand to l x n candidates per source and denoise them, on a CPU in
     groups of similar length (see `length_groups`).
 
-    With `trace`, each step's z0_hat (B*C, L, e) is appended to it, as in `denoise_loop` (one group).
+    With `trace`, each step's z0_hat (B*C, L, e) is appended to it, as in `denoise_loop` (one group);
+    `self_condition` as there (the model's diffusion.self_cond > 0).
     """
     B, device = src.shape[0], src.device
     l, n = cfg.length_beam, cfg.noise_beam
@@ -105,7 +108,8 @@ def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor,
         n_pos = max(sizes[i] for i in group)
         mask = torch.arange(n_pos, device=device)[None, :] < lengths[rows][:, None]
         z0_hat[rows, :n_pos] = denoise_loop(model, sampler, [kv.index_select(1, sources) for kv in cross_kv],
-                                            src_mask.index_select(0, sources), mask, cfg, keys[rows], trace)
+                                            src_mask.index_select(0, sources), mask, cfg, keys[rows], trace,
+                                            self_condition)
     tgt_mask = torch.arange(L, device=device)[None, :] < lengths[:, None]  # (B*C, L)
     logits = model.logits(z0_hat).float()  # (B*C, L, V)
     top, tokens = logits.max(-1)
