@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from difformer.cli import main
+from difformer.errors import DifformerError
 
 
 def run_cli(*args, stdin: bytes | None = None):
@@ -76,6 +77,14 @@ def test_train_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "train.lr: expected a number" in r.stderr.decode()
     r = run_cli("train", "nosuchpreset")
     assert r.returncode == 2 and "quickstart" in r.stderr.decode()
+
+
+def test_a_pair_takes_two_values_exactly():
+    from difformer.config import load_config
+
+    assert load_config("quickstart", ["train.betas=[0.9,0.99]"]).train.betas == (0.9, 0.99)
+    with pytest.raises(DifformerError, match=r"train\.betas: expected 2 values, got 3"):
+        load_config("quickstart", ["train.betas=[0.9,0.98,0.5]"])
 
 
 def test_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):

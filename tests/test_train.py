@@ -157,6 +157,22 @@ def test_valid_metric_chooses_the_checkpoints(tiny_data, tmp_path, monkeypatch, 
     assert all(torch.equal(kept[k], final[k]) for k in kept)
 
 
+def test_validation_decodes_one_candidate_whatever_the_preset_selects(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "r")
+    cfg.decode.selection = "ar"  # a preset decoding 7x3 reranked by a teacher: validation has no teacher
+    assert "valid_bleu" in Trainer(cfg).validate()
+
+
+def test_resume_keeps_the_precision_auto_chose_first(tiny_data, tmp_path, monkeypatch):
+    import difformer.train as train_module
+
+    monkeypatch.setattr(train_module, "resolve_precision", lambda precision, device: "bf16")
+    train(tiny_config(tiny_data, tmp_path / "r", max_updates=2, validate_every=2, precision="auto"))
+    monkeypatch.setattr(train_module, "resolve_precision", lambda precision, device: "fp32")  # a busier machine
+    assert Trainer(tiny_config(tiny_data, tmp_path / "r", max_updates=4, precision="auto"), resume=True).precision == "bf16"
+    assert Trainer(tiny_config(tiny_data, tmp_path / "s", max_updates=4, precision="auto")).precision == "fp32"
+
+
 def test_rouge_validation_logs_rouge_1_2_and_l(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, tmp_path / "r", valid_metric="rouge")
     trainer = Trainer(cfg)

@@ -255,6 +255,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise DifformerError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(hint)
+        if len(value) != len(args):
+            raise DifformerError(f"{where}: expected {len(args)} values, got {len(value)}: {value!r}")
         return tuple(_coerce(v, a, where) for v, a in zip(value, args))
     if hint is bool:
         if not isinstance(value, bool):

@@ -106,6 +106,10 @@ class Trainer:
         if resume:
             self._resume()
         self.saved_at = self.state.update  # the update of the newest checkpoint
+        if t.precision == "auto" and self.state.precision:  # a resume continues in what `auto` chose first,
+            self.precision = self.state.precision            # not in what a timing on a busier machine says
+            allow_tf32(self.device, self.precision)
+        self.state.precision = self.precision
         self.objective: Objective | DistributedDataParallel = Objective(self.model, self.schedule, cfg,
                                                                         self.timesteps)
         if self.ranks.world_size > 1:
@@ -190,7 +194,9 @@ class Trainer:
         limit = cfg.model.max_positions - 1
         sources = [data.src(i)[:limit].tolist() for i in range(n)]
         refs = tok.decode([data.tgt(i).tolist() for i in range(n)])
-        decode_cfg = dataclasses.replace(cfg.decode, length_beam=1, noise_beam=1, early_stop=0, beam=1)
+        # one candidate: nothing to select (a preset's selection "ar" has no reranker here)
+        decode_cfg = dataclasses.replace(cfg.decode, length_beam=1, noise_beam=1, early_stop=0, beam=1,
+                                         selection="score")
         hyps = decode_ids(self.model, self.schedule, tok, sources, decode_cfg, self.precision,
                           self_condition=cfg.diffusion.self_cond > 0)
         totals["bleu"] = corpus_bleu(hyps, refs).score
