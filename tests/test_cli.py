@@ -69,6 +69,25 @@ def test_evaluate_files_and_split(trained_model, tmp_path, tiny_data):
     assert len((tmp_path / "test.hyp").read_text().splitlines()) == 60
 
 
+def test_evaluate_and_generate_refuse_what_they_would_ignore_or_misread(trained_model, trained_ar, tiny_data,
+                                                                       tmp_path):
+    from difformer.data.prepare import prepare
+    from fixtures_train import write_reversal_corpus
+
+    r = run_cli("evaluate", "--model", trained_model, "--ref", tiny_data / "dataset.json")
+    assert r.returncode == 2 and "--ref" in r.stderr.decode() and len(r.stderr.decode().splitlines()) == 1
+    r = run_cli("generate", "--model", trained_model, "--reranker", trained_ar, stdin=b"red cat\n")
+    assert r.returncode == 2 and "only with --selection ar" in r.stderr.decode() and not r.stdout
+    raw = write_reversal_corpus(tmp_path / "raw")  # the same corpus, another vocabulary
+    prepare(source_lang="src", target_lang="tgt", trainpref=str(raw / "train"), validpref=str(raw / "valid"),
+            testpref=str(raw / "test"), destdir=str(tmp_path / "other"), vocab_size=100)
+    for command in (("evaluate", "--model", trained_model, "--data", tmp_path / "other", "--steps", "2"),
+                    ("analyze", "--model", trained_model, "--data", tmp_path / "other", "--out", tmp_path / "a")):
+        r = run_cli(*command)
+        err = r.stderr.decode()
+        assert r.returncode == 2 and "another tokenizer" in err and "Traceback" not in err, err
+
+
 def test_train_errors_are_one_line(tmp_path):
     r = run_cli("train", "quickstart", f"train.data={tmp_path}", f"train.save_dir={tmp_path / 'run'}")
     assert r.returncode == 2 and "no dataset.json" in r.stderr.decode()

@@ -32,6 +32,15 @@ def test_distilled_targets_are_the_teachers_outputs_and_the_rest_is_kept(trained
     assert not list(tmp_path.glob(".dist.*"))  # the partial chunks are gone
 
 
+def test_the_teachers_bleu_is_of_what_it_said_empty_outputs_included(trained_ar, tiny_data, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setattr(distill_module, "search_tokens", lambda model, tok, sources, *a: [[] for _ in sources])
+    info = distill(trained_ar, tiny_data, tmp_path / "dist", beam=1)
+    d = info["distilled"]
+    assert d["empty_outputs_kept_reference"] == info["splits"]["train"]["pairs"]  # the targets stay usable
+    assert d["teacher_bleu_vs_references"] == 0  # though the teacher said nothing
+
+
 def test_distill_resumes_after_a_kill_without_duplicating_or_losing_a_line(trained_ar, tiny_data, tmp_path,
                                                                            monkeypatch):
     distill(trained_ar, tiny_data, tmp_path / "whole", beam=2, chunk_size=300)

@@ -130,3 +130,28 @@ def test_real_command_prints_no_traceback_for_a_pickle_or_truncated_weights(good
         err = r.stderr.decode()
         assert r.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err, err
         assert r.stdout == b""
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: (d / "dataset.json").write_text("{}"), "dataset.json: damaged"),
+    (lambda d: (d / "dataset.json").write_text(json.dumps({**json.loads((d / "dataset.json").read_text()),
+                                                           "dtype": 7})), "dataset.json: damaged"),
+    (lambda d: (d / "test.src.idx").write_bytes(b""), "the index is empty"),
+])
+def test_a_damaged_prepared_directory_is_one_error(tiny_data, tmp_path, damage, words):
+    from difformer.data.binarize import PairDataset
+    from difformer.errors import DifformerError
+
+    bad = tmp_path / "data"
+    shutil.copytree(tiny_data, bad)
+    damage(bad)
+    with pytest.raises(DifformerError, match=words):
+        PairDataset(bad, "test")
+
+
+def test_an_unknown_precision_is_refused(good_model):
+    from difformer.errors import DifformerError
+    from difformer.generate import load
+
+    with pytest.raises(DifformerError, match="precision must be auto, fp32 or bf16, not 'fp16'"):
+        load(good_model, device="cpu", precision="fp16")

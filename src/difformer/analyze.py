@@ -24,6 +24,7 @@ import torch
 from difformer.data.binarize import PairDataset
 from difformer.errors import DifformerError
 from difformer.generate import Pipeline, detokenize, load, source_batches
+from difformer.hub import check_prepared_with
 from difformer.metrics import corpus_bleu
 
 
@@ -244,6 +245,8 @@ def analyze(model_dir: str | Path, out: str | Path, data_dir: str | Path | None 
         raise DifformerError(f"{model_dir}: analyze studies a Difformer's embedding space and denoising; this is "
                              f"an autoregressive model (model.arch {pipe.arch})")
     data_dir = Path(data_dir) if data_dir else pipe.trained_on
+    if data_dir:
+        check_prepared_with(data_dir, pipe.tokenizer.path)
     if logs is None:
         logs = [model_dir.parent / "log.jsonl"] if (model_dir.parent / "log.jsonl").is_file() else []
     tok, cfg = pipe.tokenizer, pipe.config

@@ -263,6 +263,9 @@ def _run_generate(args: argparse.Namespace) -> None:
     allow_tf32(pipe.device, pipe.precision)
     options = _decoding_options(args)
     cfg = pipe.decode_config(**options)
+    if args.reranker and cfg.selection != "ar":
+        raise DifformerError(f"--reranker {args.reranker} scores candidates only with --selection ar "
+                             f"(this decoding selects by {cfg.selection})")
     lines, bad = read_lines(args.input)
     if bad:
         print(f"warning: {args.input}: invalid UTF-8 replaced on line(s) {_ranges(bad)}", file=sys.stderr)
@@ -325,8 +328,9 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from difformer.evaluate import decode_split, read_references, score
 
     if args.model:
-        if args.hyp:
-            raise DifformerError("give either --hyp/--ref or --model, not both")
+        if args.hyp or args.ref:
+            raise DifformerError("with --model the references are --data's prepared targets; --hyp and --ref "
+                                 "score a file of outputs instead")
         if args.output:
             from difformer.hub import check_writable
 

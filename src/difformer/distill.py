@@ -123,11 +123,11 @@ def _install(data: Path, partial: Path, dest: Path, train: PairDataset, record: 
     lengths, flat = np.concatenate(lengths), np.concatenate(flat)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     hyps = [flat[offsets[i]:offsets[i + 1]] for i in range(len(train))]
+    tok = Tokenizer(data / "tokenizer.model")  # scored on what the teacher said, empty outputs included
+    bleu = corpus_bleu(tok.decode(hyps), tok.decode([train.tgt(i) for i in range(len(train))]))
     empty = [i for i, h in enumerate(hyps) if len(h) == 0]
     for i in empty:  # an empty target teaches nothing: keep the reference there (counted in dataset.json)
         hyps[i] = np.asarray(train.tgt(i), np.int64)
-    tok = Tokenizer(data / "tokenizer.model")
-    bleu = corpus_bleu(tok.decode(hyps), tok.decode([train.tgt(i) for i in range(len(train))]))
     tmp = dest.parent / f".{dest.name}.distill-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

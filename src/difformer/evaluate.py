@@ -7,7 +7,7 @@ from pathlib import Path
 from difformer.data.binarize import PairDataset
 from difformer.errors import DifformerError
 from difformer.generate import load, read_lines
-from difformer.hub import write_atomic
+from difformer.hub import check_prepared_with, write_atomic
 from difformer.metrics import corpus_bleu, rouge, tokenized_bleu
 from difformer.precision import allow_tf32
 
@@ -46,11 +46,15 @@ def decode_split(model_dir: str, data_dir: str | None, split: str, precision: st
     data_dir = data_dir or pipe.trained_on
     if not data_dir or not (Path(data_dir) / "dataset.json").is_file():
         raise DifformerError(f"{data_dir or model_dir}: no prepared data; pass --data DIR")
+    check_prepared_with(data_dir, pipe.tokenizer.path)
     data = PairDataset(data_dir, split)
     limit = pipe.config.model.max_positions - 1
     sources = [data.src(i)[:limit].tolist() for i in range(len(data))]
     refs = pipe.tokenizer.decode([data.tgt(i).tolist() for i in range(len(data))])
     cfg = pipe.decode_config(**options)
+    if reranker and cfg.selection != "ar":
+        raise DifformerError(f"--reranker {reranker} scores candidates only with --selection ar "
+                             f"(this decoding selects by {cfg.selection})")
     start = time.perf_counter()
     hyps = pipe.decode_ids(sources, cfg)
     seconds = time.perf_counter() - start

@@ -110,6 +110,15 @@ def same_tokenizer(a: str | Path, b: str | Path) -> bool:
     return Path(a).read_bytes() == Path(b).read_bytes()
 
 
+def check_prepared_with(data_dir: str | Path, tokenizer: str | Path) -> None:
+    """Refuse prepared data whose ids come from another tokenizer than a model's `tokenizer`: decoded by
+    the model they would be other words (or ids past its vocabulary)."""
+    theirs = Path(data_dir) / TOKENIZER
+    if not theirs.is_file() or not same_tokenizer(theirs, tokenizer):
+        raise DifformerError(f"{data_dir}: prepared with another tokenizer than the model's {tokenizer} "
+                             f"(prepare it with --tokenizer {tokenizer})")
+
+
 def save_pretrained(model: torch.nn.Module, config: Config, tokenizer_path: Path, dataset_json: Path | None,
                     directory: Path) -> None:
     """Write a model directory; built beside the target and renamed so it is never half-written."""

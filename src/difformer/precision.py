@@ -79,6 +79,8 @@ def bf16_speedup() -> float:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """"auto" -> "bf16" on CUDA with bf16 support, or on a CPU with AMX-BF16 or AVX512-BF16 where bf16
     products measure at least MIN_BF16_SPEEDUP times faster than fp32; else "fp32"."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise DifformerError(f"precision must be auto, fp32 or bf16, not {precision!r}")
     if precision != "auto":
         return precision
     if device.type == "cuda":

@@ -81,12 +81,16 @@ class PairDataset:
             self.info: dict = json.loads((destdir / "dataset.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise DifformerError(f"{destdir} is not a prepared dataset (dataset.json: {e})") from None
-        if split not in self.info["splits"]:
-            have = ", ".join(self.info["splits"])
-            raise DifformerError(f"{destdir} has no {split} split (it has: {have})")
-        dtype = np.dtype(self.info["dtype"])
-        self._src, self._src_off = _load(destdir / f"{split}.{self.info['source_lang']}", dtype)
-        self._tgt, self._tgt_off = _load(destdir / f"{split}.{self.info['target_lang']}", dtype)
+        try:
+            splits, dtype = self.info["splits"], np.dtype(self.info["dtype"])
+            src_lang, tgt_lang = self.info["source_lang"], self.info["target_lang"]
+        except (KeyError, TypeError) as e:
+            raise DifformerError(f"{destdir / 'dataset.json'}: damaged ({type(e).__name__}: {e}); prepare the "
+                                 "data again") from None
+        if split not in splits:
+            raise DifformerError(f"{destdir} has no {split} split (it has: {', '.join(splits)})")
+        self._src, self._src_off = _load(destdir / f"{split}.{src_lang}", dtype)
+        self._tgt, self._tgt_off = _load(destdir / f"{split}.{tgt_lang}", dtype)
         self.src_lens, self.tgt_lens = np.diff(self._src_off), np.diff(self._tgt_off)
 
     def __len__(self) -> int:
@@ -107,6 +111,8 @@ class PairDataset:
 def _load(prefix: Path, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     try:
         offsets = np.fromfile(f"{prefix}.idx", dtype=np.int64)
+        if len(offsets) == 0:  # even an empty split has its one offset, 0
+            raise ValueError("the index is empty")
         tokens = np.memmap(f"{prefix}.bin", dtype=dtype, mode="r") if offsets[-1] else np.zeros(0, dtype)
     except (OSError, ValueError) as e:
         raise DifformerError(f"cannot load {prefix}.bin/.idx: {e}") from None
