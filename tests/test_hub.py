@@ -29,6 +29,25 @@ def test_save_then_load_gives_identical_weights_and_outputs(model_dir, tmp_path)
     assert difformer.load(model_dir).generate(texts, seed=3) == difformer.load(again).generate(texts, seed=3)
 
 
+def test_written_files_and_directories_get_a_plain_open_and_mkdirs_permissions(model_dir, tmp_path):
+    import os
+    import stat
+
+    from difformer.hub import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        model, config, _ = from_pretrained(model_dir)
+        save_pretrained(model, config, model_dir / "tokenizer.model", None, tmp_path / "saved")
+        save_pretrained(model, config, model_dir / "tokenizer.model", None, tmp_path / "saved")  # over the old
+        write_atomic(tmp_path / "out.txt", lambda p: p.write_text("x\n"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "saved").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "saved"]  # no old copy left beside
+
+
 def test_pickle_file_is_refused(model_dir):
     (model_dir / "model.pt").write_bytes(b"\x80\x04K\x01.")
     with pytest.raises(DifformerError, match="pickle"):

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from difformer.data.binarize import PairDataset, dtype_for, length_stats
-from difformer.data.prepare import check_destination
+from difformer.data.prepare import check_destination, install
 from difformer.data.tokenizer import Tokenizer
 from difformer.errors import DifformerError
 from difformer.generate import load, search_tokens
@@ -145,9 +145,7 @@ def _install(data: Path, partial: Path, dest: Path, train: PairDataset, record: 
                              "bleu_signature": bleu.signature, "seconds": round(seconds, 1),
                              "empty_outputs_kept_reference": len(empty)}
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        install(tmp, dest)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DifformerError(f"{dest}: not written ({e.strerror or e}); the decoded chunks are kept in "

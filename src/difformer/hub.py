@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from difformer.config import Config, ModelConfig
+from difformer.data.prepare import install, umask
 from difformer.data.tokenizer import Tokenizer
 from difformer.diffusion.schedule import Schedule
 from difformer.errors import DifformerError
@@ -35,6 +36,7 @@ def write_atomic(path: Path, write) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~umask())  # a plain open's permissions; mkstemp's are the owner's alone
     try:
         write(Path(tmp))
         fsync_path(Path(tmp))
@@ -133,9 +135,7 @@ def save_pretrained(model: torch.nn.Module, config: Config, tokenizer_path: Path
             shutil.copyfile(dataset_json, tmp / DATASET)
         for f in (*tmp.iterdir(), tmp):
             fsync_path(f)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        install(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

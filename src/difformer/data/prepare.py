@@ -8,6 +8,7 @@ before the new one is complete.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 from pathlib import Path
@@ -58,7 +59,7 @@ def prepare(*, source_lang: str, target_lang: str, trainpref: str, validpref: st
                 "splits": {split: _binarize(corpus, tok, tmp, split, langs, max_len, long)
                            for split, corpus in corpora.items()}}
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        _install(tmp, dest)
+        install(tmp, dest)
     except OSError as e:  # reading errors are DifformerErrors already: this is a full disk or the like
         shutil.rmtree(tmp, ignore_errors=True)
         raise DifformerError(f"{dest}: not written ({e.strerror or e}); nothing was left behind") from None
@@ -121,8 +122,17 @@ def _both_sides(train: ParallelCorpus) -> Iterator[str]:
                              f"({train.lines} lines, all empty on one side or both)")
 
 
-def _install(tmp: Path, dest: Path) -> None:
-    """Move the finished directory into place; an old one is removed only after the new one is there."""
+def umask() -> int:
+    """The process's file-mode mask (reading it means setting it: set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def install(tmp: Path, dest: Path) -> None:
+    """Move a finished directory into place with a plain mkdir's permissions (a temporary directory's are the
+    owner's alone); an old one is removed only after the new one is there."""
+    os.chmod(tmp, 0o777 & ~umask())
     if not dest.exists():
         tmp.rename(dest)
         return
