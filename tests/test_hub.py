@@ -35,17 +35,19 @@ def test_written_files_and_directories_get_a_plain_open_and_mkdirs_permissions(m
 
     from difformer.hub import write_atomic
 
+    out = tmp_path / "written"
+    out.mkdir()
     old = os.umask(0o022)
     try:
         model, config, _ = from_pretrained(model_dir)
-        save_pretrained(model, config, model_dir / "tokenizer.model", None, tmp_path / "saved")
-        save_pretrained(model, config, model_dir / "tokenizer.model", None, tmp_path / "saved")  # over the old
-        write_atomic(tmp_path / "out.txt", lambda p: p.write_text("x\n"))
+        save_pretrained(model, config, model_dir / "tokenizer.model", None, out / "saved")
+        save_pretrained(model, config, model_dir / "tokenizer.model", None, out / "saved")  # over the old one
+        write_atomic(out / "out.txt", lambda p: p.write_text("x\n"))
     finally:
         os.umask(old)
-    assert stat.S_IMODE((tmp_path / "saved").stat().st_mode) == 0o755
-    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o644
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "saved"]  # no old copy left beside
+    assert stat.S_IMODE((out / "saved").stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "out.txt").stat().st_mode) == 0o644
+    assert sorted(p.name for p in out.iterdir()) == ["out.txt", "saved"]  # no old copy left beside
 
 
 def test_pickle_file_is_refused(model_dir):
