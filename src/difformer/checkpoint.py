@@ -35,7 +35,7 @@ class State:
     bad_steps: int = 0
     world_size: int = 1  # processes that trained it: a resume must have as many (the data and RNG are theirs)
     time_mean_square: list[float] = field(default_factory=list)  # loss-aware timesteps' history (uniform: [])
-    precision: str = ""  # what train.precision resolved to ("auto": the first run's timing); "" before known
+    precision: str = ""  # device type and what train.precision resolved to there ("cpu:bf16"); "" if unknown
 
 
 def rng_states(device: torch.device, rank: int = 0) -> dict[str, torch.Tensor]:

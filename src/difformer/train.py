@@ -106,10 +106,12 @@ class Trainer:
         if resume:
             self._resume()
         self.saved_at = self.state.update  # the update of the newest checkpoint
-        if t.precision == "auto" and self.state.precision:  # a resume continues in what `auto` chose first,
-            self.precision = self.state.precision            # not in what a timing on a busier machine says
+        # a resume on the same kind of device continues in what `auto` chose first, not in what a timing on
+        # a busier machine says now
+        if t.precision == "auto" and self.state.precision.startswith(f"{self.device.type}:"):
+            self.precision = self.state.precision.split(":")[1]
             allow_tf32(self.device, self.precision)
-        self.state.precision = self.precision
+        self.state.precision = f"{self.device.type}:{self.precision}"
         self.objective: Objective | DistributedDataParallel = Objective(self.model, self.schedule, cfg,
                                                                         self.timesteps)
         if self.ranks.world_size > 1:
