@@ -80,7 +80,7 @@ def test_evaluate_and_generate_refuse_what_they_would_ignore_or_misread(trained_
     assert r.returncode == 2 and "only with --selection ar" in r.stderr.decode() and not r.stdout
     raw = write_reversal_corpus(tmp_path / "raw")  # the same corpus, another vocabulary
     prepare(source_lang="src", target_lang="tgt", trainpref=str(raw / "train"), validpref=str(raw / "valid"),
-            testpref=str(raw / "test"), destdir=str(tmp_path / "other"), vocab_size=100)
+            testpref=str(raw / "test"), destdir=str(tmp_path / "other"), vocab_size=330)
     for command in (("evaluate", "--model", trained_model, "--data", tmp_path / "other", "--steps", "2"),
                     ("analyze", "--model", trained_model, "--data", tmp_path / "other", "--out", tmp_path / "a")):
         r = run_cli(*command)
