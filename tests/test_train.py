@@ -169,7 +169,9 @@ def test_resume_keeps_the_precision_auto_chose_first(tiny_data, tmp_path, monkey
     monkeypatch.setattr(train_module, "resolve_precision", lambda precision, device: "bf16")
     train(tiny_config(tiny_data, tmp_path / "r", max_updates=2, validate_every=2, precision="auto"))
     monkeypatch.setattr(train_module, "resolve_precision", lambda precision, device: "fp32")  # a busier machine
-    assert Trainer(tiny_config(tiny_data, tmp_path / "r", max_updates=4, precision="auto"), resume=True).precision == "bf16"
+    resumed = Trainer(tiny_config(tiny_data, tmp_path / "r", max_updates=4, validate_every=2, precision="auto"),
+                      resume=True)
+    assert resumed.precision == "bf16"
     assert Trainer(tiny_config(tiny_data, tmp_path / "s", max_updates=4, precision="auto")).precision == "fp32"
 
 
