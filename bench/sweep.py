@@ -11,6 +11,7 @@ on one machine: validation BLEU per update and per minute, and test2016 once per
     python bench/sweep.py --minutes 25 --tag epyc-25min --arms dropout-0-self-cond-0 dropout-0 self-cond-0
                                                             # a new machine: a new batch, its own control
     python bench/sweep.py --decoding MODEL [MODEL ...]      # the decoding levers, free at training time
+    python bench/sweep.py --decoding MODEL --decodings default min-t-0.1   # some of them
 
 Arms are chosen on validation BLEU (the best of the run, and at the last validation); test2016 (1x1) is
 decoded once per run and reported beside, never used to choose. Resumable: a finished run is recorded in
@@ -73,8 +74,10 @@ ARMS = {
 # decoding levers of a trained model, 1x1 (issue 15): DINOISER's condition enhancement (the network is told
 # t = T-1 at every step), stopping early where `difformer analyze` saw z0_hat peak (step 13-15 of 20), and at
 # step 18, the last of the 20 at or above 0.1 T, where a model trained with min_t 0.1 has seen its inputs
+# spread over [T-1, 0.1 T] instead, the noise levels a min_t 0.1 model trained on (0.05: halfway)
 DECODINGS = {"default": {}, "cond-enhance": {"cond_enhance": True}, "early-stop-18": {"early_stop": 18},
-             "early-stop-15": {"early_stop": 15}, "early-stop-13": {"early_stop": 13}}
+             "early-stop-15": {"early_stop": 15}, "early-stop-13": {"early_stop": 13},
+             "min-t-0.1": {"min_t": 0.1}, "min-t-0.05": {"min_t": 0.05}}
 
 
 def against_preset(config: dict) -> str:
@@ -130,14 +133,15 @@ def valid_at(run: dict, update: int | None) -> float | str:
     return next((v["valid_bleu"] for v in run["valid"] if v["update"] == update), "-")
 
 
-def decoding_levers(models: list[Path], data: Path, results: dict) -> None:
-    """Each model with each decoding of DECODINGS: all 1,014 valid sentences to choose on, test2016 beside."""
+def decoding_levers(models: list[Path], names: list[str], data: Path, results: dict) -> None:
+    """Each model with each of the decodings `names` (DECODINGS): all 1,014 valid sentences to choose on,
+    test2016 beside."""
     rows = results.setdefault("decoding", {})
     valid, test = split_text(data, "valid"), split_text(data, "test")  # read once, decoded many times
     for model in models:
         pipe = load(model, device="cpu")
-        for name, options in DECODINGS.items():
-            key = f"{model} {name}"
+        for name in names:
+            options, key = DECODINGS[name], f"{model} {name}"
             if key in rows:
                 continue
             _, valid_bleu, t = scored(pipe, *valid, **options)
@@ -211,11 +215,13 @@ def main() -> None:
                    help="overrides for every arm of the batch, the control included (another seed: train.seed=2)")
     p.add_argument("--decoding", type=Path, nargs="+", metavar="MODEL",
                    help="instead of training: decode valid and test2016 with each of the decoding levers")
+    p.add_argument("--decodings", nargs="+", default=list(DECODINGS), choices=list(DECODINGS),
+                   help="with --decoding: which levers (default: all)")
     args = p.parse_args()
     tag = args.tag or f"proxy-{args.minutes:g}min"
     results = load_results(NAME)
     if args.decoding:
-        return decoding_levers(args.decoding, args.raw, results)
+        return decoding_levers(args.decoding, args.decodings, args.raw, results)
     batch = results.setdefault("batches", {}).setdefault(tag, {})
     other = {r["machine"] for r in batch.values()} - {machine()}
     if other and any(a not in batch for a in args.arms):  # its control would be another machine's

@@ -163,6 +163,7 @@ def test_reader_closing_the_pipe_early_gives_exit_141_and_no_traceback(model_dir
     ("--early-stop", "99", "decode.early_stop must be in [0, steps]"),
     ("--steps", "100000", "steps (100000) exceeds the model's"),
     ("--seed", "-1", "decode.seed must be in [0, 2^63)"),
+    ("--min-t", "1", "decode.min_t must be in [0, 1)"),
 ])
 def test_bad_decoding_options_are_one_line(model_dir, capsys, option, value, words):
     assert main(["generate", "--model", str(model_dir), option, value]) == 2

@@ -18,6 +18,7 @@ import torch
 from difformer import hub
 from difformer.config import Config
 from difformer.errors import DifformerError
+from difformer.files import fsync_path, write_json
 
 # may differ on --resume: budgets, and the run's own directory (a run may be moved, e.g. to a larger disk)
 RESUMABLE_CHANGES = {"train.max_updates", "train.max_minutes", "train.max_bad_updates", "train.save_dir"}
@@ -73,13 +74,13 @@ def save(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.opt
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
         tensors.update(rng if rng is not None else rng_states(torch.device("cpu")))
         hub.save_weights(tensors, tmp / "trainer.safetensors")
-        hub.write_json(tmp / "state.json", {"state": state.__dict__, "param_groups": groups,
+        write_json(tmp / "state.json", {"state": state.__dict__, "param_groups": groups,
                                            "config": cfg.to_dict()})
-        hub.fsync_path(tmp)
+        fsync_path(tmp)
         shutil.rmtree(final, ignore_errors=True)  # never the one last.json names: that is an older update
         tmp.rename(final)
-        hub.fsync_path(ckpt_dir)
-        hub.write_json(ckpt_dir / "last.json", {"checkpoint": name, "update": state.update})
+        fsync_path(ckpt_dir)
+        write_json(ckpt_dir / "last.json", {"checkpoint": name, "update": state.update})
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         previous = read_last(ckpt_dir) if (ckpt_dir / "last.json").exists() else None

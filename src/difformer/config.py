@@ -82,6 +82,11 @@ class DiffusionConfig:
     # are nearly clean, so the denoiser learns little from them
     min_t: float = 0.0
 
+    @property
+    def self_conditioned(self) -> bool:
+        """Whether the network learnt to read its previous z0 prediction p (sampling feeds it only then)."""
+        return self.self_cond > 0
+
     def validate(self) -> None:
         _check(self.schedule in ("sqrt", "linear", "cosine"),
                f"diffusion.schedule must be sqrt, linear or cosine, not {self.schedule!r}")
@@ -150,6 +155,9 @@ class TrainConfig:
 class DecodeConfig:
     steps: int = 20  # K sampling steps spread over the T-step schedule
     early_stop: int = 0  # stop after this many steps and output that step's z0 prediction; 0: off
+    # the cleanest step visited, as a fraction of T: the K steps are spread over [T-1, min_t T]; a model
+    # trained with diffusion.min_t never saw a t below its min_t, where the default 0 ends
+    min_t: float = 0.0
     length_beam: int = 1
     noise_beam: int = 1
     sampler: str = "ddpm"  # "ddpm" (ancestral) or "ddim" (deterministic)
@@ -171,6 +179,7 @@ class DecodeConfig:
     def validate(self) -> None:
         _check(self.steps >= 1, "decode.steps must be >= 1")
         _check(0 <= self.early_stop <= self.steps, "decode.early_stop must be in [0, steps]")
+        _check(0 <= self.min_t < 1, "decode.min_t must be in [0, 1)")
         _check(self.length_beam >= 1 and self.noise_beam >= 1, "decode beams must be >= 1")
         _check(self.sampler in ("ddpm", "ddim"), "decode.sampler must be ddpm or ddim")
         _check(self.selection in ("score", "mbr", "ar"), "decode.selection must be score, mbr or ar")
@@ -190,7 +199,8 @@ class DecodeConfig:
         if arch == "transformer":
             search = "greedy" if self.beam == 1 else f"beam={self.beam} lenpen={self.lenpen}"
             return f"autoregressive {search} max_len={self.max_len_a:g}*src+{self.max_len_b}"
-        return (f"steps={self.steps} early_stop={self.early_stop or 'off'} "
+        return (f"steps={self.steps}{f' min_t={self.min_t:g}' if self.min_t else ''} "
+                f"early_stop={self.early_stop or 'off'} "
                 f"candidates={self.length_beam}x{self.noise_beam} selection={self.selection} "
                 f"sampler={self.sampler} clamp={self.clamp}{' cond_enhance' if self.cond_enhance else ''} "
                 f"NFE={self.nfe}")
@@ -206,7 +216,8 @@ class Config:
     def validate(self) -> "Config":
         for section in (self.model, self.diffusion, self.train, self.decode):
             section.validate()
-        _check(self.decode.steps <= self.diffusion.timesteps, "decode.steps must be <= diffusion.timesteps")
+        _check(self.decode.steps <= self.diffusion.timesteps - round(self.decode.min_t * self.diffusion.timesteps),
+               "decode.steps must be <= the timesteps from T-1 down to decode.min_t T")
         return self
 
     def to_dict(self) -> dict[str, Any]:
