@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -247,13 +248,12 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
                            "machine": machine(), "commit": commit(), "command": command()}
 
     m, distilled, warm = f"{args.minutes:g}min", work / "aeslc-distilled", (f"train.init_from={teacher}",)
-    stages = {f"ar-{m}": lambda: train_stage(f"ar-{m}", "aeslc-ar", data, SIDE_BY_SIDE_AR, None),
+    stages = {f"ar-{m}": partial(train_stage, f"ar-{m}", "aeslc-ar", data, SIDE_BY_SIDE_AR, None),
               "distill": distill_stage}
     for name, train_data, overrides in (("raw", data, ()), ("distilled", distilled, ()),
                                         ("warm-raw", data, warm), ("warm-distilled", distilled, warm)):
         tag = f"difformer-{name}-{m}"
-        stages[tag] = (lambda tag=tag, train_data=train_data, overrides=overrides:
-                       train_stage(tag, "aeslc", train_data, SIDE_BY_SIDE_DIFFUSION, teacher, overrides))
+        stages[tag] = partial(train_stage, tag, "aeslc", train_data, SIDE_BY_SIDE_DIFFUSION, teacher, overrides)
     for tag, stage in stages.items():
         if tag in side:
             print(f"{tag}: recorded in results/aeslc.json; skipped")
