@@ -223,11 +223,12 @@ def main() -> None:
     if args.decoding:
         return decoding_levers(args.decoding, args.decodings, args.raw, results)
     batch = results.setdefault("batches", {}).setdefault(tag, {})
+    arms = ["control"] + [a for a in args.arms if a != "control"]  # the control always runs
     other = {r["machine"] for r in batch.values()} - {machine()}
-    if other and any(a not in batch for a in args.arms):  # its control would be another machine's
+    if other and any(a not in batch for a in arms):  # an arm would be measured against another machine's
         sys.exit(f"sweep: batch {tag} ran on {', '.join(sorted(other))}, this is {machine()}: name a new --tag")
     data = args.data or prepared(args.raw, args.work)
-    for arm in ["control"] + [a for a in args.arms if a != "control"]:  # the control always runs
+    for arm in arms:
         if arm in batch:
             print(f"{tag}/{arm}: recorded in results/{NAME}.json; skipped")
             continue
