@@ -264,7 +264,7 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
 
 
 # each spelled out in full: a model's own decode config (its preset's, clamp or not) must not show through
-_PLAIN = {"steps": 20, "sampler": "ddpm", "clamp": False, "cond_enhance": False, "length_beam": 1, "noise_beam": 1}
+_PLAIN = {"steps": 20, "min_t": 0.0, "sampler": "ddpm", "clamp": False, "cond_enhance": False, "length_beam": 1, "noise_beam": 1}
 VALID_DECODINGS = {"1x1": _PLAIN, "1x1 50 steps": {**_PLAIN, "steps": 50}, "1x1 ddim": {**_PLAIN, "sampler": "ddim"},
                    "1x1 clamp": {**_PLAIN, "clamp": True}, "1x1 cond-enhance": {**_PLAIN, "cond_enhance": True},
                    "1x1 clamp cond-enhance": {**_PLAIN, "clamp": True, "cond_enhance": True},

@@ -73,8 +73,9 @@ ARMS = {
 }
 # decoding levers of a trained model, 1x1 (issue 15): DINOISER's condition enhancement (the network is told
 # t = T-1 at every step), stopping early where `difformer analyze` saw z0_hat peak (step 13-15 of 20), and at
-# step 18, the last of the 20 at or above 0.1 T, where a model trained with min_t 0.1 has seen its inputs
-# spread over [T-1, 0.1 T] instead, the noise levels a min_t 0.1 model trained on (0.05: halfway)
+# step 18, the last of the 20 at or above 0.1 T, where a model trained with min_t 0.1 has seen its inputs;
+# and the 20 steps spread over [T-1, 0.1 T] instead of [T-1, 0], the noise levels such a model trained on
+# (0.05: halfway)
 DECODINGS = {"default": {}, "cond-enhance": {"cond_enhance": True}, "early-stop-18": {"early_stop": 18},
              "early-stop-15": {"early_stop": 15}, "early-stop-13": {"early_stop": 13},
              "min-t-0.1": {"min_t": 0.1}, "min-t-0.05": {"min_t": 0.05}}

@@ -82,6 +82,7 @@ def test_min_t_moves_the_last_step_to_the_clean_end():
         sampler.set_timesteps(5, min_t=0.25)
         assert sampler.timesteps == [1999, 1624, 1250, 875, 500]
         assert not sampler.needs_noise(4)
+        # decoding outputs the last step's z0_hat itself; a step from there (abar = 1) would agree with it
         zt = s.add_noise(z0, eps, torch.tensor([500, 500]))
         assert torch.allclose(sampler.step(4, z0, zt), z0, atol=1e-6)
 

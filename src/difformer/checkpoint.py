@@ -75,7 +75,7 @@ def save(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.opt
         tensors.update(rng if rng is not None else rng_states(torch.device("cpu")))
         hub.save_weights(tensors, tmp / "trainer.safetensors")
         write_json(tmp / "state.json", {"state": state.__dict__, "param_groups": groups,
-                                           "config": cfg.to_dict()})
+                                        "config": cfg.to_dict()})
         fsync_path(tmp)
         shutil.rmtree(final, ignore_errors=True)  # never the one last.json names: that is an older update
         tmp.rename(final)

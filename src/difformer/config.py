@@ -20,6 +20,12 @@ from difformer.errors import DifformerError
 PRESETS = Path(__file__).parent / "configs"
 
 
+
+def lowest_t(timesteps: int, min_t: float) -> int:
+    """The cleanest step of a T-step schedule at or above min_t T: where training's draws of t and the
+    sampler's steps end."""
+    return round(min_t * timesteps)
+
 @dataclass
 class ModelConfig:
     # "difformer": the embedding diffusion model; "transformer": the autoregressive teacher and baseline
@@ -102,7 +108,7 @@ class DiffusionConfig:
         if self.time_sampling == "loss":
             from difformer.diffusion.timesteps import BUCKETS  # torch: imported only when it is used
 
-            _check(self.timesteps - round(self.min_t * self.timesteps) >= BUCKETS,
+            _check(self.timesteps - lowest_t(self.timesteps, self.min_t) >= BUCKETS,
                    f"diffusion.time_sampling loss needs >= {BUCKETS} timesteps from min_t x timesteps to T")
 
 
@@ -216,8 +222,9 @@ class Config:
     def validate(self) -> "Config":
         for section in (self.model, self.diffusion, self.train, self.decode):
             section.validate()
-        _check(self.decode.steps <= self.diffusion.timesteps - round(self.decode.min_t * self.diffusion.timesteps),
-               "decode.steps must be <= the timesteps from T-1 down to decode.min_t T")
+        T, lowest = self.diffusion.timesteps, lowest_t(self.diffusion.timesteps, self.decode.min_t)
+        _check(self.decode.steps <= T - lowest, f"decode.steps ({self.decode.steps}) must be <= {T - lowest}, the "
+               f"diffusion timesteps from T-1 down to decode.min_t T = {lowest}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

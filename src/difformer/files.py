@@ -1,6 +1,6 @@
-"""Files and directories that appear whole or not at all: atomic writes, and finished directories moved
-into place. Every writer of the package (models, checkpoints, prepared data, outputs) goes through here, so
-a killed run never leaves half a file where a whole one is expected."""
+"""Files and directories that appear whole or not at all: atomic single-file writes, and finished
+directories moved into place (model directories, prepared and distilled data), so that a killed run never
+leaves half a file where a whole one is expected."""
 from __future__ import annotations
 
 import json

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from difformer import checkpoint, distributed, hub
 from difformer.checkpoint import State
-from difformer.config import Config, TrainConfig, save_config
+from difformer.config import Config, TrainConfig, lowest_t, save_config
 from difformer.data.binarize import PairDataset
 from difformer.data.loader import Loader, check_max_tokens, collate, epoch_batches
 from difformer.data.tokenizer import Tokenizer
@@ -89,7 +89,7 @@ class Trainer:
         self.model = hub.build_model(cfg.model).to(self.device)
         self.schedule = hub.build_schedule(cfg)
         d = cfg.diffusion
-        self.timesteps = (LossAwareTimesteps(round(d.min_t * d.timesteps), d.timesteps, self.device)
+        self.timesteps = (LossAwareTimesteps(lowest_t(d.timesteps, d.min_t), d.timesteps, self.device)
                           if self.schedule is not None and d.time_sampling == "loss" else None)
         warm = None
         if t.init_from and not resume:  # on resume the checkpoint holds the weights

@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from difformer.config import lowest_t
+
 
 def _alpha_bar_fn(name: str) -> Callable[[float], float]:
     if name == "sqrt":  # Diffusion-LM: abar(s) = 1 - sqrt(s + 1e-4)
@@ -72,7 +74,7 @@ class Schedule:
 
     def timesteps_for(self, steps: int, min_t: float = 0.0) -> list[int]:
         """K evenly spaced steps from T-1 down to round(min_t T) (integer positions on the T-step schedule)."""
-        last = round(min_t * self.timesteps)
+        last = lowest_t(self.timesteps, min_t)
         if steps > self.timesteps - last:
             raise ValueError(f"steps ({steps}) exceeds the schedule's {self.timesteps - last} timesteps from "
                              f"T-1 down to {last}")
