@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import command, commit, load_results, machine, save_results, scored, split_text  # noqa: E402
 from multi30k import decode_test, prepared, train_run, training_record  # noqa: E402
 
-from difformer.config import load_config  # noqa: E402
+from difformer.config import config_diff, load_config  # noqa: E402
 from difformer.generate import load  # noqa: E402
 from difformer.hub import WEIGHTS  # noqa: E402
 
@@ -81,6 +81,10 @@ DECODINGS = {"default": {}, "cond-enhance": {"cond_enhance": True}, "early-stop-
              "min-t-0.1": {"min_t": 0.1}, "min-t-0.05": {"min_t": 0.05}}
 
 
+# what differs between runs of one batch without being a change: paths, and the data's vocabulary size
+SETTINGS_OF_A_RUN = {"train.data", "train.save_dir", "model.vocab_size"}
+
+
 def against_preset(config: dict) -> str:
     """What a run's saved config sets otherwise than today's `multi30k` preset (its paths, budget and the
     data's vocabulary size aside): the arm's change, and any preset value the run predates."""
@@ -88,7 +92,7 @@ def against_preset(config: dict) -> str:
     changed = []
     for section, values in config.items():
         for key, value in values.items():
-            if f"{section}.{key}" in ("train.data", "train.save_dir", "train.max_minutes", "model.vocab_size") or \
+            if f"{section}.{key}" in SETTINGS_OF_A_RUN | {"train.max_minutes"} or \
                     key not in preset[section]:  # an option since removed was off in every arm
                 continue
             if value != preset[section][key]:
@@ -182,7 +186,8 @@ def markdown(results: dict) -> str:
                   "| model | decoding | valid BLEU | test2016 | valid sentences/s |", "|---|---|---|---|---|"]
         lines += [f"| `{r['model']}` | {r['decoding']} | {r['valid']} | {r['test2016']} | "
                   f"{r['valid_sentences_per_second']} |" for r in rows]
-        lines += ["", f"Machine: {rows[0]['machine']}; command: `{rows[0]['command']}`, commit {rows[0]['commit']}", ""]
+        made = dict.fromkeys((r["machine"], r["command"], r["commit"]) for r in rows)
+        lines += [""] + [f"Machine: {m}; command: `{c}`, commit {k}" for m, c, k in made] + [""]
     return "\n".join(lines) + "\n"
 
 
@@ -193,14 +198,46 @@ def against_control(batches: dict) -> list[str]:
             if arm != "control" and "control" in arms]
     if not rows:
         return []
-    lines = ["## Against the control of the same batch", "", "| arm | batch | valid BLEU at a common update | "
-             "best valid BLEU | test2016 1x1 |", "|---|---|---|---|---|"]
+    lines = ["## Against the control of the same batch", "", "*also differs*: what the arm's config sets otherwise "
+             "than its control's beyond the arm's own change (a control that predates a preset change): the "
+             "difference is not the arm's alone.", "", "| arm | batch | valid BLEU at a common update | "
+             "best valid BLEU | test2016 1x1 | also differs |", "|---|---|---|---|---|---|"]
     for arm, tag, r, c in sorted(rows, key=lambda x: x[0]):
         at = common_update([r, c])
         same = [valid_at(x, at) for x in (r, c)]
-        lines.append(f"| {arm} | {tag} | {same[0] - same[1]:+.2f} (update {at}) | "
-                     f"{r['best_valid_bleu'] - c['best_valid_bleu']:+.2f} | {r['test2016'] - c['test2016']:+.2f} |")
+        at_update = "-" if at is None else f"{same[0] - same[1]:+.2f} (update {at})"
+        lines.append(f"| {arm} | {tag} | {at_update} | {r['best_valid_bleu'] - c['best_valid_bleu']:+.2f} | "
+                     f"{r['test2016'] - c['test2016']:+.2f} | {also_differs(arm, r, c) or '-'} |")
     return lines + [""]
+
+
+def also_differs(arm: str, r: dict, control: dict) -> str:
+    """The settings in which an arm's run differs from its control's other than the arm's own overrides."""
+    own = {o.split("=", 1)[0] for o in ARMS.get(arm, [])} | SETTINGS_OF_A_RUN
+    keys = config_diff(control["config"], r["config"], ignore=own)
+    return ", ".join(f"{k} {_get(control['config'], k)} -> {_get(r['config'], k)}" for k in keys)
+
+
+def _get(config: dict, key: str):
+    section, name = key.split(".", 1)
+    return config.get(section, {}).get(name)
+
+
+def batch_settings(arm: str, r: dict) -> dict:
+    """What every run of a batch shares: the machine, the training data, the budget and the --set overrides."""
+    return {"machine": r["machine"], "data": r["data"], "minutes": r["config"]["train"]["max_minutes"],
+            "set": r.get("set", [o for o in r["overrides"] if o not in ARMS.get(arm, [])])}
+
+
+def check_batch(tag: str, batch: dict, settings: dict) -> None:
+    """Refuse to add a run to a batch whose recorded runs differ from it in anything but their arm."""
+    for arm, r in batch.items():
+        recorded = batch_settings(arm, r)
+        differ = [k for k in settings if recorded[k] != settings[k]]
+        if differ:
+            sys.exit(f"sweep: batch {tag}'s {arm} ran with " + "; ".join(f"{k} {recorded[k]}" for k in differ)
+                     + ", this run with " + "; ".join(f"{k} {settings[k]}" for k in differ)
+                     + ": name a new --tag, or repeat the batch's settings")
 
 
 def main() -> None:
@@ -225,10 +262,9 @@ def main() -> None:
         return decoding_levers(args.decoding, args.decodings, args.raw, results)
     batch = results.setdefault("batches", {}).setdefault(tag, {})
     arms = ["control"] + [a for a in args.arms if a != "control"]  # the control always runs
-    other = {r["machine"] for r in batch.values()} - {machine()}
-    if other and any(a not in batch for a in arms):  # an arm would be measured against another machine's
-        sys.exit(f"sweep: batch {tag} ran on {', '.join(sorted(other))}, this is {machine()}: name a new --tag")
     data = args.data or prepared(args.raw, args.work)
+    if any(a not in batch for a in arms):  # a new arm is measured against the batch's recorded ones
+        check_batch(tag, batch, {"machine": machine(), "data": str(data), "minutes": args.minutes, "set": args.set})
     for arm in arms:
         if arm in batch:
             print(f"{tag}/{arm}: recorded in results/{NAME}.json; skipped")
@@ -238,18 +274,15 @@ def main() -> None:
             teacher_part(arm.removeprefix("init-teacher-"))
         cfg = load_config("multi30k", [f"train.data={data}", f"train.save_dir={run}",
                                        f"train.max_minutes={args.minutes}", *args.set, *ARMS[arm]])
-        started = run / "commit.txt"  # the code the run was started with, kept across resumes
-        if not started.exists():
-            run.mkdir(parents=True, exist_ok=True)
-            started.write_text(commit())
         print(f"{tag}/{arm}: training {args.minutes:g} minutes", flush=True)
-        train_time = train_run(cfg, run, f"{tag}/{arm}")
-        record = training_record(run, train_time, started.read_text().strip())
+        train_time, started = train_run(cfg, run, f"{tag}/{arm}")
+        record = training_record(run, train_time, started)
         record.pop("valid_bleu_curve")  # by minutes only; `valid` has updates and minutes
         valid = valid_curve(run)
         test = decode_test(run / "model", args.raw, ["1x1"])[0]
         config = yaml.safe_load((run / "config.yaml").read_text())  # as trained: the preset of its commit
-        batch[arm] = {**record, "overrides": args.set + ARMS[arm], "config": config, "data": str(data), "valid": valid,
+        batch[arm] = {**record, "overrides": args.set + ARMS[arm], "set": args.set, "config": config,
+                      "data": str(data), "valid": valid,
                       "best_valid_bleu": max(v["valid_bleu"] for v in valid), "test2016": test["sacrebleu"]}
         save_results(NAME, results, markdown(results))
         print(f"{tag}/{arm}: best valid BLEU {batch[arm]['best_valid_bleu']}, test2016 {test['sacrebleu']}")

@@ -56,13 +56,8 @@ def train_stage(results: dict, tag: str, preset: str, data: Path, work: Path, mi
                 settings: dict, reranker: Path | None = None) -> None:
     run = work / "runs" / tag
     cfg = load_config(preset, [f"train.data={data}", f"train.save_dir={run}", f"train.max_minutes={minutes}"])
-    started = run / "commit.txt"  # the code a run was started with, kept across resumes of this script
-    if not started.exists():
-        run.mkdir(parents=True, exist_ok=True)
-        started.write_text(commit())
-    train_time = train_run(cfg, run, tag)
-    code = started.read_text().strip()
-    record = {**training_record(run, train_time, code), "preset": preset, "data": str(data),
+    train_time, started = train_run(cfg, run, tag)
+    record = {**training_record(run, train_time, started), "preset": preset, "data": str(data),
               "results": decode_rows(run / "model", test, settings, reranker)}
     results["runs"][tag] = record
     save(results)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from difformer import hub
-from difformer.config import Config
+from difformer.config import Config, config_diff
 from difformer.errors import DifformerError
 from difformer.files import fsync_path, write_json
 
@@ -119,7 +119,7 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, c
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DifformerError(f"{path / 'state.json'}: damaged checkpoint ({type(e).__name__}: {e}); "
                              f"{hint}") from None
-    diff = _config_diff(saved.to_dict(), cfg.to_dict(), ignore=RESUMABLE_CHANGES)
+    diff = config_diff(saved.to_dict(), cfg.to_dict(), ignore=RESUMABLE_CHANGES)
     if diff:
         raise DifformerError(f"{path}: resuming with a different config; differing keys: {', '.join(diff)}")
     written_by = meta.get("state", {}).get("world_size", 1) if isinstance(meta.get("state"), dict) else 1
@@ -191,14 +191,3 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -
     for g in groups:
         g["betas"] = tuple(g["betas"])
     return {"state": state, "param_groups": groups}
-
-
-def _config_diff(a: dict, b: dict, ignore: set[str], prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        name = f"{prefix}{k}"
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            keys += _config_diff(a[k], b[k], ignore, f"{name}.")
-        elif a.get(k) != b.get(k) and name not in ignore:
-            keys.append(name)
-    return keys

@@ -246,6 +246,18 @@ class Config:
             raise DifformerError(f"{where}: {e}") from None  # name the file a bad value came from
 
 
+def config_diff(a: dict, b: dict, ignore: set[str], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts (`ignore`: keys allowed to differ)."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        name = f"{prefix}{k}"
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            keys += config_diff(a[k], b[k], ignore, f"{name}.")
+        elif a.get(k) != b.get(k) and name not in ignore:
+            keys.append(name)
+    return keys
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise DifformerError(message)
