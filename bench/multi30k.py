@@ -46,7 +46,7 @@ def decode_test(model_dir: Path, data: Path, settings: list[str]) -> list[dict]:
         l, n = map(int, setting.split("x"))
         _, bleu, t = scored(pipe, sources, refs, length_beam=l, noise_beam=n)
         cfg = pipe.decode_config(length_beam=l, noise_beam=n)
-        rows.append({"setting": cfg.describe(), "candidates": setting, "sacrebleu": round(bleu.score, 2),
+        rows.append({"setting": pipe.describe(cfg), "candidates": setting, "sacrebleu": round(bleu.score, 2),
                      "signature": bleu.signature, "nfe": cfg.nfe, "precision": pipe.precision,
                      "decode_seconds": round(t["wall"], 1),
                      "decode_sentences_per_second": round(t["sentences_per_second"], 1)})
@@ -135,8 +135,8 @@ def markdown(results: dict) -> str:
                          f"{row['nfe']} | {row['sacrebleu']} | {row['decode_sentences_per_second']} |")
     any_run = next(iter(results.get("runs", {}).values()), None)
     if any_run:
-        lines += ["", f"sacreBLEU signature: `{any_run['signature']}`", f"Machine: {any_run['machine']}", ""]
-        lines += [f"- `{tag}`: `{r['command']}`" for tag, r in results["runs"].items()]
+        lines += ["", f"sacreBLEU signature: `{any_run['signature']}`", ""]
+        lines += [f"- `{tag}`: `{r['command']}`, commit {r['commit']}, {r['machine']}" for tag, r in results["runs"].items()]
     return "\n".join(lines) + "\n"
 
 
