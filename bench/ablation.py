@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, commit, load_results, save_results  # noqa: E402
+from common import RESULTS, load_results, save_results  # noqa: E402
 from multi30k import decode_test, prepared, run_record, train_run  # noqa: E402
 
 from difformer import checkpoint, hub  # noqa: E402
@@ -216,9 +216,8 @@ def main() -> None:
                                        *(f"{k}={v}" for k, v in switches.items())])
         print(f"{tag}: training {f'{args.updates} updates' if args.updates else f'{args.minutes:g} minutes'} "
               f"with {switches}", flush=True)
-        code = commit()
-        train_time = train_run(cfg, run, tag)
-        record = run_record(run, decode_test(run / "model", args.data, ["1x1"]), train_time, code)
+        train_time, started = train_run(cfg, run, tag)
+        record = run_record(run, decode_test(run / "model", args.data, ["1x1"]), train_time, started)
         record.update(switches=switches, command=run_command(tag, sys.argv), **final_stats(run, target_ids))
         results.setdefault("runs", {})[tag] = record
         report(results)  # after every run, so a stopped sweep still has its tables

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -227,12 +228,8 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
         run = work / "runs" / tag
         cfg = load_config(preset, [f"train.data={train_data}", f"train.save_dir={run}",
                                    f"train.max_minutes={args.minutes}", *overrides])
-        started = run / "commit.txt"  # the code the run was started with, kept across resumes
-        if not started.exists():
-            run.mkdir(parents=True, exist_ok=True)
-            started.write_text(commit())
-        train_time = train_run(cfg, run, tag)
-        side[tag] = {**training_record(run, train_time, started.read_text().strip()), "preset": preset,
+        train_time, started = train_run(cfg, run, tag)
+        side[tag] = {**training_record(run, train_time, started), "preset": preset,
                      "data": str(train_data), "overrides": list(overrides),
                      "results": decode_rows(run / "model", emails, subjects, references, settings, reranker)}
 
@@ -247,13 +244,12 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
                            "machine": machine(), "commit": commit(), "command": command()}
 
     m, distilled, warm = f"{args.minutes:g}min", work / "aeslc-distilled", (f"train.init_from={teacher}",)
-    stages = {f"ar-{m}": lambda: train_stage(f"ar-{m}", "aeslc-ar", data, SIDE_BY_SIDE_AR, None),
+    stages = {f"ar-{m}": partial(train_stage, f"ar-{m}", "aeslc-ar", data, SIDE_BY_SIDE_AR, None),
               "distill": distill_stage}
     for name, train_data, overrides in (("raw", data, ()), ("distilled", distilled, ()),
                                         ("warm-raw", data, warm), ("warm-distilled", distilled, warm)):
         tag = f"difformer-{name}-{m}"
-        stages[tag] = (lambda tag=tag, train_data=train_data, overrides=overrides:
-                       train_stage(tag, "aeslc", train_data, SIDE_BY_SIDE_DIFFUSION, teacher, overrides))
+        stages[tag] = partial(train_stage, tag, "aeslc", train_data, SIDE_BY_SIDE_DIFFUSION, teacher, overrides)
     for tag, stage in stages.items():
         if tag in side:
             print(f"{tag}: recorded in results/aeslc.json; skipped")
@@ -264,7 +260,7 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
 
 
 # each spelled out in full: a model's own decode config (its preset's, clamp or not) must not show through
-_PLAIN = {"steps": 20, "sampler": "ddpm", "clamp": False, "cond_enhance": False, "length_beam": 1, "noise_beam": 1}
+_PLAIN = {"steps": 20, "min_t": 0.0, "sampler": "ddpm", "clamp": False, "cond_enhance": False, "length_beam": 1, "noise_beam": 1}
 VALID_DECODINGS = {"1x1": _PLAIN, "1x1 50 steps": {**_PLAIN, "steps": 50}, "1x1 ddim": {**_PLAIN, "sampler": "ddim"},
                    "1x1 clamp": {**_PLAIN, "clamp": True}, "1x1 cond-enhance": {**_PLAIN, "cond_enhance": True},
                    "1x1 clamp cond-enhance": {**_PLAIN, "clamp": True, "cond_enhance": True},
@@ -289,7 +285,8 @@ def valid_decodings(args: argparse.Namespace, results: dict, test: tuple[list[st
     rows = results.setdefault("valid_decodings", {}).setdefault(tag, {})
     pipe = load(models[tag] / "model", device="cpu", reranker=args.reranker)
     for name, options in VALID_DECODINGS.items():
-        if name not in rows:
+        # a row made with other options or another reranker than the entry's today is made again
+        if name not in rows or rows[name]["setting"] != pipe.describe(pipe.decode_config(**options)):
             rows[name] = decoded(pipe, name, options, emails, subjects, references, examples=0)
             print(f"{tag} {name}: ROUGE {_r(rows[name]['rouge']['original'])} (valid, original)", flush=True)
             save_results("aeslc", results, markdown(results))
@@ -337,10 +334,9 @@ def main() -> None:
     cfg = load_config(args.config, [f"train.save_dir={run}", f"train.max_minutes={args.minutes}", *args.overrides])
     # a prepared directory given (distilled subjects) is cut to the model's positions by its batches
     cfg.train.data = str(args.train_data or prepared(args.data, args.work, cfg.model.max_positions))
-    code = commit()
-    train_time = train_run(cfg, run, tag)
+    train_time, started = train_run(cfg, run, tag)
     pipe = load(run / "model", device="cpu")  # a CPU benchmark, also on a machine with a GPU
-    record = {**training_record(run, train_time, code),
+    record = {**training_record(run, train_time, started),
               **decoded(pipe, "as trained", {}, emails, subjects, references, examples=8),
               "nfe": pipe.decode_config().nfe, "config": args.config, "overrides": args.overrides,
               "truncated_inputs": len(pipe.truncated), "train_data": str(args.train_data) if args.train_data else None}

@@ -34,10 +34,10 @@ def commit() -> str:
     """The code a result was made with (and whether the tree had uncommitted changes)."""
     import subprocess
 
-    root = Path(__file__).parent.parent  # the pathspec "src" is read relative to the working directory
+    root = Path(__file__).parent.parent  # the pathspecs are read relative to the working directory
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True, text=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "bench/*.py"], cwd=root, capture_output=True, text=True).stdout
     except OSError:
         return "unknown"
     return rev + ("+changes" if dirty.strip() else "")

@@ -18,8 +18,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import command, commit, load_results, machine, save_results, scored, split_text, timed  # noqa: E402
 
 from difformer.analyze import pyplot  # noqa: E402
-from difformer.config import Config, load_config  # noqa: E402
+from difformer.checkpoint import RESUMABLE_CHANGES  # noqa: E402
+from difformer.config import Config, config_diff, load_config  # noqa: E402
 from difformer.data.prepare import prepare  # noqa: E402
+from difformer.errors import DifformerError  # noqa: E402
 from difformer.generate import load  # noqa: E402
 from difformer.train import train  # noqa: E402
 
@@ -44,7 +46,7 @@ def decode_test(model_dir: Path, data: Path, settings: list[str]) -> list[dict]:
         l, n = map(int, setting.split("x"))
         _, bleu, t = scored(pipe, sources, refs, length_beam=l, noise_beam=n)
         cfg = pipe.decode_config(length_beam=l, noise_beam=n)
-        rows.append({"setting": cfg.describe(), "candidates": setting, "sacrebleu": round(bleu.score, 2),
+        rows.append({"setting": pipe.describe(cfg), "candidates": setting, "sacrebleu": round(bleu.score, 2),
                      "signature": bleu.signature, "nfe": cfg.nfe, "precision": pipe.precision,
                      "decode_seconds": round(t["wall"], 1),
                      "decode_sentences_per_second": round(t["sentences_per_second"], 1)})
@@ -52,31 +54,54 @@ def decode_test(model_dir: Path, data: Path, settings: list[str]) -> list[dict]:
     return rows
 
 
-def train_run(cfg: Config, run: Path, tag: str) -> dict | None:
-    """Train `run` unless its model exists; a killed run continues from its last checkpoint. Returns the
-    process's wall and CPU time, or None when it trained nothing or resumed (it saw part of the training)."""
+def train_run(cfg: Config, run: Path, tag: str) -> tuple[dict | None, dict]:
+    """Train `run` unless its model exists; a killed run continues from its last checkpoint, on the machine
+    it started on. Returns the process's wall and CPU time (None when it trained nothing or resumed: it saw
+    part of the training) and where the run started: {"commit", "machine"}, kept in the run's directory.
+
+    A run directory trained with another config is refused, not reused: a recorded number must belong to
+    the config recorded beside it."""
+    if (run / "config.yaml").exists():
+        try:
+            saved = load_config(str(run / "config.yaml"))
+        except DifformerError as e:
+            sys.exit(f"{tag}: {e}; remove {run} to train this config")
+        # the data's vocabulary size is filled in by training; paths and budgets may change on a resume
+        diff = config_diff(saved.to_dict(), cfg.to_dict(), ignore=RESUMABLE_CHANGES | {"model.vocab_size"})
+        if diff:
+            sys.exit(f"{tag}: {run} was trained with another config (differing keys: {', '.join(diff)}); "
+                     "remove that directory to train this one")
+    started = {"commit": run / "commit.txt", "machine": run / "machine.txt"}
+    if not started["commit"].exists():
+        run.mkdir(parents=True, exist_ok=True)
+        started["commit"].write_text(commit())
+        started["machine"].write_text(machine())
+    where = {k: f.read_text().strip() if f.exists() else machine() for k, f in started.items()}
     if (run / "model" / "model.safetensors").exists():
-        return None
+        return None, where
+    if where["machine"] != machine():
+        sys.exit(f"{tag}: {run} started on {where['machine']}, this is {machine()}: a run's minutes and speed "
+                 "belong to one machine; finish it there or remove the directory")
     resumed = (run / "checkpoints" / "last.json").exists()
     with timed() as t:
         train(cfg, resume=resumed, device="cpu")
     if not (run / "model" / "model.safetensors").exists():  # stopped by a signal: checkpoint saved
         sys.exit(f"{tag}: training stopped; run the same command again to continue from its checkpoint")
-    return None if resumed else t
+    return None if resumed else t, where
 
 
-def run_record(run: Path, rows: list[dict], train_time: dict | None, code: str) -> dict:
+def run_record(run: Path, rows: list[dict], train_time: dict | None, started: dict) -> dict:
     """The JSON record of a finished run decoded with `rows` (the first is the headline)."""
     first = rows[0]
     return {"sacrebleu": first["sacrebleu"], "signature": first["signature"],
-            **training_record(run, train_time, code),
+            **training_record(run, train_time, started),
             "decode_sentences_per_second": first["decode_sentences_per_second"], "nfe": first["nfe"],
             "results": rows}
 
 
-def training_record(run: Path, train_time: dict | None, code: str) -> dict:
-    """What a finished training left: updates, time, speed, validation curve; `code` is the commit taken when
-    the run started."""
+def training_record(run: Path, train_time: dict | None, started: dict) -> dict:
+    """What a finished training left: updates, time, speed, validation curve; `started`: the commit and
+    machine it started with (train_run)."""
     last = json.loads((run / "checkpoints" / "last.json").read_text())
     state = json.loads((run / "checkpoints" / last["checkpoint"] / "state.json").read_text())["state"]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -85,7 +110,7 @@ def training_record(run: Path, train_time: dict | None, code: str) -> dict:
             "train_cpu_minutes": round(train_time["cpu"] / 60, 1) if train_time else None,
             "train_tokens_per_second": round(state["tokens"] / state["seconds"]),
             "valid_bleu_curve": curve, "final_model": log[-1].get("final"),
-            "machine": machine(), "commit": code, "command": command()}
+            "machine": started["machine"], "commit": started["commit"], "command": command()}
 
 
 def _with_seconds(log: list[dict]) -> list[dict]:
@@ -110,8 +135,8 @@ def markdown(results: dict) -> str:
                          f"{row['nfe']} | {row['sacrebleu']} | {row['decode_sentences_per_second']} |")
     any_run = next(iter(results.get("runs", {}).values()), None)
     if any_run:
-        lines += ["", f"sacreBLEU signature: `{any_run['signature']}`", f"Machine: {any_run['machine']}", ""]
-        lines += [f"- `{tag}`: `{r['command']}`" for tag, r in results["runs"].items()]
+        lines += ["", f"sacreBLEU signature: `{any_run['signature']}`", ""]
+        lines += [f"- `{tag}`: `{r['command']}`, commit {r['commit']}, {r['machine']}" for tag, r in results["runs"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -154,9 +179,8 @@ def main() -> None:
     run = args.work / "runs" / tag
     cfg = load_config(args.config, [f"train.data={data}", f"train.save_dir={run}",
                                     f"train.max_minutes={args.minutes}", *args.overrides])
-    code = commit()
-    train_time = train_run(cfg, run, tag)
-    record = run_record(run, decode_test(run / "model", args.data, args.settings.split(",")), train_time, code)
+    train_time, started = train_run(cfg, run, tag)
+    record = run_record(run, decode_test(run / "model", args.data, args.settings.split(",")), train_time, started)
     record["overrides"] = args.overrides
     results.setdefault("runs", {})[tag] = record
     if tag == PRIMARY:

@@ -11,6 +11,7 @@ on one machine: validation BLEU per update and per minute, and test2016 once per
     python bench/sweep.py --minutes 25 --tag epyc-25min --arms dropout-0-self-cond-0 dropout-0 self-cond-0
                                                             # a new machine: a new batch, its own control
     python bench/sweep.py --decoding MODEL [MODEL ...]      # the decoding levers, free at training time
+    python bench/sweep.py --decoding MODEL --decodings default min-t-0.1   # some of them
 
 Arms are chosen on validation BLEU (the best of the run, and at the last validation); test2016 (1x1) is
 decoded once per run and reported beside, never used to choose. Resumable: a finished run is recorded in
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import command, commit, load_results, machine, save_results, scored, split_text  # noqa: E402
 from multi30k import decode_test, prepared, train_run, training_record  # noqa: E402
 
-from difformer.config import load_config  # noqa: E402
+from difformer.config import config_diff, load_config  # noqa: E402
 from difformer.generate import load  # noqa: E402
 from difformer.hub import WEIGHTS  # noqa: E402
 
@@ -72,9 +73,16 @@ ARMS = {
 }
 # decoding levers of a trained model, 1x1 (issue 15): DINOISER's condition enhancement (the network is told
 # t = T-1 at every step), stopping early where `difformer analyze` saw z0_hat peak (step 13-15 of 20), and at
-# step 18, the last of the 20 at or above 0.1 T, where a model trained with min_t 0.1 has seen its inputs
+# step 18, the last of the 20 at or above 0.1 T, where a model trained with min_t 0.1 has seen its inputs;
+# and the 20 steps spread over [T-1, 0.1 T] instead of [T-1, 0], the noise levels such a model trained on
+# (0.05: halfway)
 DECODINGS = {"default": {}, "cond-enhance": {"cond_enhance": True}, "early-stop-18": {"early_stop": 18},
-             "early-stop-15": {"early_stop": 15}, "early-stop-13": {"early_stop": 13}}
+             "early-stop-15": {"early_stop": 15}, "early-stop-13": {"early_stop": 13},
+             "min-t-0.1": {"min_t": 0.1}, "min-t-0.05": {"min_t": 0.05}}
+
+
+# what differs between runs of one batch without being a change: paths, and the data's vocabulary size
+SETTINGS_OF_A_RUN = {"train.data", "train.save_dir", "model.vocab_size"}
 
 
 def against_preset(config: dict) -> str:
@@ -84,7 +92,7 @@ def against_preset(config: dict) -> str:
     changed = []
     for section, values in config.items():
         for key, value in values.items():
-            if f"{section}.{key}" in ("train.data", "train.save_dir", "train.max_minutes", "model.vocab_size") or \
+            if f"{section}.{key}" in SETTINGS_OF_A_RUN | {"train.max_minutes"} or \
                     key not in preset[section]:  # an option since removed was off in every arm
                 continue
             if value != preset[section][key]:
@@ -130,14 +138,15 @@ def valid_at(run: dict, update: int | None) -> float | str:
     return next((v["valid_bleu"] for v in run["valid"] if v["update"] == update), "-")
 
 
-def decoding_levers(models: list[Path], data: Path, results: dict) -> None:
-    """Each model with each decoding of DECODINGS: all 1,014 valid sentences to choose on, test2016 beside."""
+def decoding_levers(models: list[Path], names: list[str], data: Path, results: dict) -> None:
+    """Each model with each of the decodings `names` (DECODINGS): all 1,014 valid sentences to choose on,
+    test2016 beside."""
     rows = results.setdefault("decoding", {})
     valid, test = split_text(data, "valid"), split_text(data, "test")  # read once, decoded many times
     for model in models:
         pipe = load(model, device="cpu")
-        for name, options in DECODINGS.items():
-            key = f"{model} {name}"
+        for name in names:
+            options, key = DECODINGS[name], f"{model} {name}"
             if key in rows:
                 continue
             _, valid_bleu, t = scored(pipe, *valid, **options)
@@ -177,7 +186,8 @@ def markdown(results: dict) -> str:
                   "| model | decoding | valid BLEU | test2016 | valid sentences/s |", "|---|---|---|---|---|"]
         lines += [f"| `{r['model']}` | {r['decoding']} | {r['valid']} | {r['test2016']} | "
                   f"{r['valid_sentences_per_second']} |" for r in rows]
-        lines += ["", f"Machine: {rows[0]['machine']}; command: `{rows[0]['command']}`, commit {rows[0]['commit']}", ""]
+        made = dict.fromkeys((r["machine"], r["command"], r["commit"]) for r in rows)
+        lines += [""] + [f"Machine: {m}; command: `{c}`, commit {k}" for m, c, k in made] + [""]
     return "\n".join(lines) + "\n"
 
 
@@ -188,14 +198,46 @@ def against_control(batches: dict) -> list[str]:
             if arm != "control" and "control" in arms]
     if not rows:
         return []
-    lines = ["## Against the control of the same batch", "", "| arm | batch | valid BLEU at a common update | "
-             "best valid BLEU | test2016 1x1 |", "|---|---|---|---|---|"]
+    lines = ["## Against the control of the same batch", "", "*also differs*: what the arm's config sets otherwise "
+             "than its control's beyond the arm's own change (a control that predates a preset change): the "
+             "difference is not the arm's alone.", "", "| arm | batch | valid BLEU at a common update | "
+             "best valid BLEU | test2016 1x1 | also differs |", "|---|---|---|---|---|---|"]
     for arm, tag, r, c in sorted(rows, key=lambda x: x[0]):
         at = common_update([r, c])
         same = [valid_at(x, at) for x in (r, c)]
-        lines.append(f"| {arm} | {tag} | {same[0] - same[1]:+.2f} (update {at}) | "
-                     f"{r['best_valid_bleu'] - c['best_valid_bleu']:+.2f} | {r['test2016'] - c['test2016']:+.2f} |")
+        at_update = "-" if at is None else f"{same[0] - same[1]:+.2f} (update {at})"
+        lines.append(f"| {arm} | {tag} | {at_update} | {r['best_valid_bleu'] - c['best_valid_bleu']:+.2f} | "
+                     f"{r['test2016'] - c['test2016']:+.2f} | {also_differs(arm, r, c) or '-'} |")
     return lines + [""]
+
+
+def also_differs(arm: str, r: dict, control: dict) -> str:
+    """The settings in which an arm's run differs from its control's other than the arm's own overrides."""
+    own = {o.split("=", 1)[0] for o in ARMS.get(arm, [])} | SETTINGS_OF_A_RUN
+    keys = config_diff(control["config"], r["config"], ignore=own)
+    return ", ".join(f"{k} {_get(control['config'], k)} -> {_get(r['config'], k)}" for k in keys)
+
+
+def _get(config: dict, key: str):
+    section, name = key.split(".", 1)
+    return config.get(section, {}).get(name)
+
+
+def batch_settings(arm: str, r: dict) -> dict:
+    """What every run of a batch shares: the machine, the training data, the budget and the --set overrides."""
+    return {"machine": r["machine"], "data": r["data"], "minutes": r["config"]["train"]["max_minutes"],
+            "set": r.get("set", [o for o in r["overrides"] if o not in ARMS.get(arm, [])])}
+
+
+def check_batch(tag: str, batch: dict, settings: dict) -> None:
+    """Refuse to add a run to a batch whose recorded runs differ from it in anything but their arm."""
+    for arm, r in batch.items():
+        recorded = batch_settings(arm, r)
+        differ = [k for k in settings if recorded[k] != settings[k]]
+        if differ:
+            sys.exit(f"sweep: batch {tag}'s {arm} ran with " + "; ".join(f"{k} {recorded[k]}" for k in differ)
+                     + ", this run with " + "; ".join(f"{k} {settings[k]}" for k in differ)
+                     + ": name a new --tag, or repeat the batch's settings")
 
 
 def main() -> None:
@@ -211,17 +253,19 @@ def main() -> None:
                    help="overrides for every arm of the batch, the control included (another seed: train.seed=2)")
     p.add_argument("--decoding", type=Path, nargs="+", metavar="MODEL",
                    help="instead of training: decode valid and test2016 with each of the decoding levers")
+    p.add_argument("--decodings", nargs="+", default=list(DECODINGS), choices=list(DECODINGS),
+                   help="with --decoding: which levers (default: all)")
     args = p.parse_args()
     tag = args.tag or f"proxy-{args.minutes:g}min"
     results = load_results(NAME)
     if args.decoding:
-        return decoding_levers(args.decoding, args.raw, results)
+        return decoding_levers(args.decoding, args.decodings, args.raw, results)
     batch = results.setdefault("batches", {}).setdefault(tag, {})
-    other = {r["machine"] for r in batch.values()} - {machine()}
-    if other and any(a not in batch for a in args.arms):  # its control would be another machine's
-        sys.exit(f"sweep: batch {tag} ran on {', '.join(sorted(other))}, this is {machine()}: name a new --tag")
+    arms = ["control"] + [a for a in args.arms if a != "control"]  # the control always runs
     data = args.data or prepared(args.raw, args.work)
-    for arm in ["control"] + [a for a in args.arms if a != "control"]:  # the control always runs
+    if any(a not in batch for a in arms):  # a new arm is measured against the batch's recorded ones
+        check_batch(tag, batch, {"machine": machine(), "data": str(data), "minutes": args.minutes, "set": args.set})
+    for arm in arms:
         if arm in batch:
             print(f"{tag}/{arm}: recorded in results/{NAME}.json; skipped")
             continue
@@ -230,18 +274,15 @@ def main() -> None:
             teacher_part(arm.removeprefix("init-teacher-"))
         cfg = load_config("multi30k", [f"train.data={data}", f"train.save_dir={run}",
                                        f"train.max_minutes={args.minutes}", *args.set, *ARMS[arm]])
-        started = run / "commit.txt"  # the code the run was started with, kept across resumes
-        if not started.exists():
-            run.mkdir(parents=True, exist_ok=True)
-            started.write_text(commit())
         print(f"{tag}/{arm}: training {args.minutes:g} minutes", flush=True)
-        train_time = train_run(cfg, run, f"{tag}/{arm}")
-        record = training_record(run, train_time, started.read_text().strip())
+        train_time, started = train_run(cfg, run, f"{tag}/{arm}")
+        record = training_record(run, train_time, started)
         record.pop("valid_bleu_curve")  # by minutes only; `valid` has updates and minutes
         valid = valid_curve(run)
         test = decode_test(run / "model", args.raw, ["1x1"])[0]
         config = yaml.safe_load((run / "config.yaml").read_text())  # as trained: the preset of its commit
-        batch[arm] = {**record, "overrides": args.set + ARMS[arm], "config": config, "data": str(data), "valid": valid,
+        batch[arm] = {**record, "overrides": args.set + ARMS[arm], "set": args.set, "config": config,
+                      "data": str(data), "valid": valid,
                       "best_valid_bleu": max(v["valid_bleu"] for v in valid), "test2016": test["sacrebleu"]}
         save_results(NAME, results, markdown(results))
         print(f"{tag}/{arm}: best valid BLEU {batch[arm]['best_valid_bleu']}, test2016 {test['sacrebleu']}")

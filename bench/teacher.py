@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,7 +48,8 @@ def decode_rows(model_dir: Path, data: Path, settings: dict[str, dict], reranker
         nfe = cfg.nfe if pipe.arch == "difformer" else None
         rows.append({"decoding": name, "setting": pipe.describe(cfg), "nfe": nfe, "sacrebleu": round(bleu.score, 2),
                      "signature": bleu.signature, "precision": pipe.precision, "decode_seconds": round(t["wall"], 1),
-                     "sentences_per_second": round(t["sentences_per_second"], 1), "decode_commit": commit()})
+                     "sentences_per_second": round(t["sentences_per_second"], 1), "decode_commit": commit(),
+                     "decode_machine": machine()})
         print(f"  {name}: BLEU {bleu.score:.2f}, {t['sentences_per_second']:.1f} sentences/s", flush=True)
     return rows
 
@@ -56,13 +58,8 @@ def train_stage(results: dict, tag: str, preset: str, data: Path, work: Path, mi
                 settings: dict, reranker: Path | None = None) -> None:
     run = work / "runs" / tag
     cfg = load_config(preset, [f"train.data={data}", f"train.save_dir={run}", f"train.max_minutes={minutes}"])
-    started = run / "commit.txt"  # the code a run was started with, kept across resumes of this script
-    if not started.exists():
-        run.mkdir(parents=True, exist_ok=True)
-        started.write_text(commit())
-    train_time = train_run(cfg, run, tag)
-    code = started.read_text().strip()
-    record = {**training_record(run, train_time, code), "preset": preset, "data": str(data),
+    train_time, started = train_run(cfg, run, tag)
+    record = {**training_record(run, train_time, started), "preset": preset, "data": str(data),
               "results": decode_rows(run / "model", test, settings, reranker)}
     results["runs"][tag] = record
     save(results)
@@ -87,8 +84,9 @@ def save(results: dict) -> None:
 
 def markdown(results: dict) -> str:
     runs = results.get("runs", {})
-    teacher = runs.get("ar-25min", {}).get("train_minutes", 0)
-    dist = runs.get("distill", {}).get("distill_minutes", 0)
+    dist = runs.get("distill", {})  # the distilled targets and the teacher that made them
+    teacher = runs.get(Path(dist["teacher"]).parent.name, {}).get("train_minutes", 0) if dist else 0
+    dist = dist.get("distill_minutes", 0)
     lines = ["# The autoregressive teacher and the Difformer, side by side (Multi30k De->En, test2016)", "",
              "| system | training data | student min | min incl. teacher + distillation | updates | decoding "
              "| NFE | sacreBLEU | sent/s |", "|---|---|---|---|---|---|---|---|---|"]
@@ -113,10 +111,11 @@ def markdown(results: dict) -> str:
         first = r.get("results", [{}])[0]
         lines.append(f"- `{tag}`: `{r['command']}`, commit {r['commit']}" +
                      (f", decoded at {first['decode_commit']}" if first.get("decode_commit") else "") +
+                     (f" on {first['decode_machine']}" if first.get("decode_machine", r["machine"]) != r["machine"]
+                      else "") +
                      (f", {first['precision']}" if first else ""))
-    any_run = next(iter(runs.values()), None)
-    if any_run:
-        lines += ["", f"Machine: {any_run['machine']}"]
+    if runs:
+        lines += [""] + [f"Machine: {m}" for m in dict.fromkeys(r["machine"] for r in runs.values())]
         sig = next((r["results"][0]["signature"] for r in runs.values() if r.get("results")), None)
         if sig:
             lines.append(f"sacreBLEU signature: `{sig}`")
@@ -152,18 +151,22 @@ def main() -> None:
     m = f"{args.minutes:g}min"
     teacher_tag = f"ar-{m}"
     teacher = work / "runs" / teacher_tag / "model"
-    stages = [(teacher_tag, lambda: train_stage(results, teacher_tag, "multi30k-ar", data, work, args.minutes,
-                                                args.data, AR)),
-              ("distill", lambda: distill_stage(results, teacher, data, work / "multi30k-distilled")),
-              (f"difformer-distilled-{m}", lambda: train_stage(
-                  results, f"difformer-distilled-{m}", "multi30k", work / "multi30k-distilled", work,
-                  args.minutes, args.data, DIFFUSION, teacher)),
-              (f"difformer-raw-{m}", lambda: train_stage(results, f"difformer-raw-{m}", "multi30k", data, work,
-                                                         args.minutes, args.data, DIFFUSION, teacher))]
+    recorded = results["runs"].get("distill", {}).get("teacher")
+    if recorded and recorded != str(teacher):  # one set of distilled targets: the teacher of its record
+        sys.exit(f"the distilled targets were made by {recorded}, not by this run's teacher {teacher}: "
+                 "run with the --minutes of that teacher, or remove the distill record and its directory")
+    distilled = work / "multi30k-distilled"
+    stages = [(teacher_tag, partial(train_stage, results, teacher_tag, "multi30k-ar", data, work, args.minutes,
+                                    args.data, AR)),
+              ("distill", partial(distill_stage, results, teacher, data, distilled)),
+              (f"difformer-distilled-{m}", partial(train_stage, results, f"difformer-distilled-{m}", "multi30k",
+                                                   distilled, work, args.minutes, args.data, DIFFUSION, teacher)),
+              (f"difformer-raw-{m}", partial(train_stage, results, f"difformer-raw-{m}", "multi30k", data, work,
+                                             args.minutes, args.data, DIFFUSION, teacher))]
     if args.long:
         tag = f"difformer-distilled-{args.long:g}min"
-        stages.append((tag, lambda: train_stage(results, tag, "multi30k", work / "multi30k-distilled", work,
-                                                args.long, args.data, DIFFUSION, teacher)))
+        stages.append((tag, partial(train_stage, results, tag, "multi30k", distilled, work, args.long, args.data,
+                                    DIFFUSION, teacher)))
     for tag, run in stages:
         if tag in results["runs"]:
             print(f"{tag}: recorded in results/{NAME}.json; skipped")

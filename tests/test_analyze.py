@@ -102,10 +102,11 @@ def test_trajectory_ends_with_what_generate_outputs(trained_model, tiny_data, on
 
 def test_a_trace_ends_with_what_generate_outputs(trained_model, trained_ar, one_thread):
     pipe = load(trained_model, precision="fp32")
-    for text, options in (("red cat blue sun", {"steps": 6, "seed": 4}), ("moon", {"steps": 3, "sampler": "ddim"})):
+    for text, options in (("red cat blue sun", {"steps": 6, "seed": 4}), ("moon", {"steps": 3, "sampler": "ddim"}),
+                          ("blue sun", {"steps": 4, "min_t": 0.1})):
         trace = pipe.trace(text, **options)
         assert [s["step"] for s in trace["steps"]] == list(range(1, options["steps"] + 1))
-        assert [s["t"] for s in trace["steps"]] == pipe.schedule.timesteps_for(options["steps"])
+        assert [s["t"] for s in trace["steps"]] == pipe.schedule.timesteps_for(options["steps"], options.get("min_t", 0))
         assert trace["output"] == trace["steps"][-1]["text"] == pipe.generate([text], **options)[0]
         assert len({len(s["tokens"]) for s in trace["steps"]}) == 1  # the length is fixed before denoising
         pieces = [pipe.tokenizer.sp.id_to_piece(i) for i in range(pipe.tokenizer.vocab_size)]
@@ -114,6 +115,25 @@ def test_a_trace_ends_with_what_generate_outputs(trained_model, trained_ar, one_
         pipe.trace("   ")
     with pytest.raises(DifformerError, match="autoregressive"):
         load(trained_ar).trace("red cat")
+
+
+def test_min_t_spreads_the_steps_down_to_the_noise_the_model_trained_on(trained_model, one_thread, monkeypatch):
+    pipe = load(trained_model, precision="fp32")
+    times, denoise = [], pipe.model.denoise
+
+    def spy(z, p, time, *args):
+        times.append(time[0].item())
+        return denoise(z, p, time, *args)
+
+    monkeypatch.setattr(pipe.model, "denoise", spy)
+    T = pipe.schedule.timesteps
+    for min_t in (0.0, 0.25):
+        times.clear()
+        pipe.generate(["red cat blue sun"], steps=5, min_t=min_t)
+        assert times == [t * 1000 / T for t in pipe.schedule.timesteps_for(5, min_t)]
+        assert times[0] == (T - 1) * 1000 / T and times[-1] == round(min_t * T) * 1000 / T
+    with pytest.raises(DifformerError, match="min_t"):
+        pipe.generate(["red cat"], min_t=1.0)
 
 
 def _png_ok(path: Path) -> None:

@@ -248,14 +248,15 @@ def test_the_package_level_load_takes_a_reranker(trained_model, trained_ar):
 
 
 def reference_continuations(logits, scores, banned, eos, at_limit):
-    """The first implementation: log_softmax over the vocabulary and a top-2k of the (n, k*V) sums."""
+    """The first implementation: log_softmax over the vocabulary and a top-2k of the (n, k*V) sums; at the
+    length limit only EOS may follow, with its own log-probability (fairseq's rule)."""
     n, k = scores.shape
     V = logits.shape[1]
     logp = torch.log_softmax(logits, dim=-1)
     logp[:, list(banned)] = float("-inf")
     if any(at_limit):
         rows = torch.tensor(at_limit).repeat_interleave(k)
-        logp[rows] = torch.where(torch.arange(V) == eos, 0.0, float("-inf"))
+        logp[rows] = torch.where(torch.arange(V) == eos, logp[rows], float("-inf"))
     top, idx = (scores[:, :, None] + logp.view(n, k, V)).view(n, k * V).topk(min(2 * k, k * V), dim=1)
     return top, idx // V, idx % V
 
@@ -276,7 +277,9 @@ def test_best_continuations_equal_the_full_log_softmax_search(k, V):
         finite = ref_top > float("-inf")  # below that, the order of -inf fillers is arbitrary
         assert torch.equal(beam[finite], ref_beam[finite]) and torch.equal(word[finite], ref_word[finite])
         assert not torch.isin(word[finite], torch.tensor([0, 1])).any()
+        logp_eos = torch.log_softmax(logits, dim=-1)[:, 2].view(n, k)
         for i, limited in enumerate(at_limit):
-            if limited:
+            if limited:  # a hypothesis cut at the limit pays for its EOS like any other: no free ending
                 kept = finite[i]
-                assert (word[i][kept] == 2).all() and torch.allclose(top[i][kept], scores[i][beam[i][kept]])
+                assert (word[i][kept] == 2).all()
+                assert torch.allclose(top[i][kept], scores[i][beam[i][kept]] + logp_eos[i][beam[i][kept]])

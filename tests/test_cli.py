@@ -106,6 +106,15 @@ def test_a_pair_takes_two_values_exactly():
         load_config("quickstart", ["train.betas=[0.9,0.98,0.5]"])
 
 
+def test_decode_steps_must_fit_between_T_and_decode_min_t():
+    from difformer.config import load_config
+
+    assert load_config("quickstart", ["diffusion.timesteps=100", "decode.steps=90", "decode.min_t=0.1"])
+    with pytest.raises(DifformerError, match=r"decode\.steps \(91\) must be <= 90, the diffusion timesteps from "
+                                             r"T-1 down to decode\.min_t T = 10"):
+        load_config("quickstart", ["diffusion.timesteps=100", "decode.steps=91", "decode.min_t=0.1"])
+
+
 def test_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
     from difformer.config import load_config
 

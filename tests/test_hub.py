@@ -33,7 +33,7 @@ def test_written_files_and_directories_get_a_plain_open_and_mkdirs_permissions(m
     import os
     import stat
 
-    from difformer.hub import write_atomic
+    from difformer.files import write_atomic
 
     out = tmp_path / "written"
     out.mkdir()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from difformer import generate as generate_module
-from difformer import hub
+from difformer import files
 from difformer.cli import main
 from difformer.data.binarize import PairDataset
 from difformer.data.prepare import prepare
@@ -137,7 +137,7 @@ def test_disk_full_while_writing_the_output_is_one_line(model_dir, tmp_path, mon
     def full(path, write):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(hub, "write_atomic", full)
+    monkeypatch.setattr(files, "write_atomic", full)
     (tmp_path / "in").write_text("red cat\n")
     code = main(["generate", "--model", str(model_dir), "--input", str(tmp_path / "in"),
                  "--output", str(tmp_path / "out")])
@@ -163,6 +163,8 @@ def test_reader_closing_the_pipe_early_gives_exit_141_and_no_traceback(model_dir
     ("--early-stop", "99", "decode.early_stop must be in [0, steps]"),
     ("--steps", "100000", "steps (100000) exceeds the model's"),
     ("--seed", "-1", "decode.seed must be in [0, 2^63)"),
+    ("--min-t", "1", "decode.min_t must be in [0, 1)"),
+    ("--min-t", "0.9999", "diffusion timesteps from T-1 down to min_t T = "),
 ])
 def test_bad_decoding_options_are_one_line(model_dir, capsys, option, value, words):
     assert main(["generate", "--model", str(model_dir), option, value]) == 2

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from difformer import hub
+from difformer import checkpoint, hub
 from difformer.cli import main
 from difformer.config import save_config
 from difformer.data.prepare import prepare
@@ -150,14 +150,15 @@ class Crash(BaseException):
     """Stands for the process dying: not an OSError, so nothing is cleaned up on the way out."""
 
 
-def crash_on(monkeypatch, function: str, when) -> None:
-    real = getattr(hub, function)
+def crash_on(monkeypatch, module, function: str, when) -> None:
+    """`module.function` (where its caller looks it up) raises Crash when `when(its first path)`."""
+    real = getattr(module, function)
 
     def fake(*args):
         if when(next(Path(a) for a in args if isinstance(a, (str, Path)))):
             raise Crash
         return real(*args)
-    monkeypatch.setattr(hub, function, fake)
+    monkeypatch.setattr(module, function, fake)
 
 
 @pytest.mark.parametrize("point", ["writing trainer.safetensors", "writing last.json"])
@@ -167,9 +168,9 @@ def test_crash_inside_a_checkpoint_write_leaves_last_json_on_a_complete_one(tiny
     train(tiny_config(tiny_data, straight, max_updates=8, validate_every=4))
     run = tmp_path / "run"
     if point == "writing trainer.safetensors":
-        crash_on(monkeypatch, "save_weights", lambda p: p.name == "trainer.safetensors" and "0000008" in str(p))
+        crash_on(monkeypatch, hub, "save_weights", lambda p: p.name == "trainer.safetensors" and "0000008" in str(p))
     else:
-        crash_on(monkeypatch, "write_json", lambda p: p.name == "last.json" and (p.parent / "update_0000008").exists())
+        crash_on(monkeypatch, checkpoint, "write_json", lambda p: p.name == "last.json" and (p.parent / "update_0000008").exists())
     with pytest.raises(Crash):
         train(tiny_config(tiny_data, run, max_updates=8, validate_every=4))
     monkeypatch.undo()

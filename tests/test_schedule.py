@@ -67,6 +67,24 @@ def test_timesteps_are_evenly_spaced_from_T_minus_1_to_0():
     assert len(ts) == 20 and ts[0] == 1999 and ts[-1] == 0
     assert all(a > b for a, b in zip(ts, ts[1:]))
     assert s.timesteps_for(1) == [1999]
+    ts = s.timesteps_for(20, min_t=0.1)  # a model trained with diffusion.min_t 0.1 never saw t < 200
+    assert len(ts) == 20 and ts[0] == 1999 and ts[-1] == 200
+    assert all(a > b for a, b in zip(ts, ts[1:]))
+    assert s.timesteps_for(1800, min_t=0.1)[-1] == 200
+    with pytest.raises(ValueError, match="down to 200"):
+        s.timesteps_for(1801, min_t=0.1)
+
+
+def test_min_t_moves_the_last_step_to_the_clean_end():
+    s = Schedule("sqrt", 2000)
+    z0, eps = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    for sampler in (DDPMScheduler(s), DDIMScheduler(s)):
+        sampler.set_timesteps(5, min_t=0.25)
+        assert sampler.timesteps == [1999, 1624, 1250, 875, 500]
+        assert not sampler.needs_noise(4)
+        # decoding outputs the last step's z0_hat itself; a step from there (abar = 1) would agree with it
+        zt = s.add_noise(z0, eps, torch.tensor([500, 500]))
+        assert torch.allclose(sampler.step(4, z0, zt), z0, atol=1e-6)
 
 
 def test_ddpm_step_is_the_posterior_of_one_step():

@@ -35,7 +35,8 @@ def healthy(server) -> bool:
 
 def test_outputs_equal_offline_generate(server, pipe):
     inputs = ["red cat", "blue sun moon", "", "tree river stone fire wind", "cat"]
-    for options in ({}, {"steps": 5, "seed": 3, "length_beam": 2, "noise_beam": 2, "sampler": "ddim"}):
+    for options in ({}, {"steps": 5, "seed": 3, "length_beam": 2, "noise_beam": 2, "sampler": "ddim"},
+                    {"steps": 4, "min_t": 0.1}):
         status, body = server.post("/v1/generate", {"inputs": inputs, **options})
         assert status == 200, body
         assert body["outputs"] == pipe.generate(inputs, **options)
@@ -75,6 +76,8 @@ BAD = [  # (raw body or JSON, status, words of the error)
     ({"inputs": ["red"], "steps": "5"}, 422, "steps"),
     ({"inputs": ["red"], "clamp": 1}, 422, "clamp"),
     ({"inputs": ["red"], "seed": -1}, 422, "seed"),
+    ({"inputs": ["red"], "min_t": 1.0}, 422, "min_t"),
+    ({"inputs": ["red"], "min_t": "0.1"}, 422, "min_t"),
     ({"inputs": ["red"], "sampler": "euler"}, 422, "sampler"),
     ({"inputs": ["red"], "beam": 2}, 422, "do not apply"),
     ({"inputs": ["red"], "noise_beam": 100}, 422, "at most 64"),

@@ -133,7 +133,7 @@ def trajectory(pipe: Pipeline, sources: list[list[int]], refs: list[str], **opti
             for b, i in enumerate(idx):
                 texts[k][i] = decoded[b]
     bleu = [round(corpus_bleu(step, refs).score, 2) for step in texts]
-    return {"setting": cfg.describe(), "timesteps": pipe.schedule.timesteps_for(cfg.steps), "bleu": bleu,
+    return {"setting": cfg.describe(), "timesteps": pipe.schedule.timesteps_for(cfg.steps, cfg.min_t), "bleu": bleu,
             "change_rate": [None] + [round(c / max(positions, 1), 4) for c in changed[1:]], "texts": texts}
 
 

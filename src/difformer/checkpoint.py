@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from difformer import hub
-from difformer.config import Config
+from difformer.config import Config, config_diff
 from difformer.errors import DifformerError
+from difformer.files import fsync_path, write_json
 
 # may differ on --resume: budgets, and the run's own directory (a run may be moved, e.g. to a larger disk)
 RESUMABLE_CHANGES = {"train.max_updates", "train.max_minutes", "train.max_bad_updates", "train.save_dir"}
@@ -73,13 +74,13 @@ def save(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.opt
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
         tensors.update(rng if rng is not None else rng_states(torch.device("cpu")))
         hub.save_weights(tensors, tmp / "trainer.safetensors")
-        hub.write_json(tmp / "state.json", {"state": state.__dict__, "param_groups": groups,
-                                           "config": cfg.to_dict()})
-        hub.fsync_path(tmp)
+        write_json(tmp / "state.json", {"state": state.__dict__, "param_groups": groups,
+                                        "config": cfg.to_dict()})
+        fsync_path(tmp)
         shutil.rmtree(final, ignore_errors=True)  # never the one last.json names: that is an older update
         tmp.rename(final)
-        hub.fsync_path(ckpt_dir)
-        hub.write_json(ckpt_dir / "last.json", {"checkpoint": name, "update": state.update})
+        fsync_path(ckpt_dir)
+        write_json(ckpt_dir / "last.json", {"checkpoint": name, "update": state.update})
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         previous = read_last(ckpt_dir) if (ckpt_dir / "last.json").exists() else None
@@ -118,7 +119,7 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, c
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DifformerError(f"{path / 'state.json'}: damaged checkpoint ({type(e).__name__}: {e}); "
                              f"{hint}") from None
-    diff = _config_diff(saved.to_dict(), cfg.to_dict(), ignore=RESUMABLE_CHANGES)
+    diff = config_diff(saved.to_dict(), cfg.to_dict(), ignore=RESUMABLE_CHANGES)
     if diff:
         raise DifformerError(f"{path}: resuming with a different config; differing keys: {', '.join(diff)}")
     written_by = meta.get("state", {}).get("world_size", 1) if isinstance(meta.get("state"), dict) else 1
@@ -190,14 +191,3 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -
     for g in groups:
         g["betas"] = tuple(g["betas"])
     return {"state": state, "param_groups": groups}
-
-
-def _config_diff(a: dict, b: dict, ignore: set[str], prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        name = f"{prefix}{k}"
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            keys += _config_diff(a[k], b[k], ignore, f"{name}.")
-        elif a.get(k) != b.get(k) and name not in ignore:
-            keys.append(name)
-    return keys

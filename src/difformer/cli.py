@@ -191,6 +191,8 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
                    "tokens (1.2)")
     g.add_argument("--max-len-b", type=int, help="autoregressive model: see --max-len-a (10)")
     g.add_argument("--steps", type=int, help="sampling steps K over the T-step schedule (20)")
+    g.add_argument("--min-t", type=float, help="spread the steps over [T-1, min_t T] instead of [T-1, 0]: "
+                   "a model trained with diffusion.min_t never saw less noise (0)")
     g.add_argument("--early-stop", type=int, help="stop after this many steps and output its z0 prediction; 0: off")
     g.add_argument("--length-beam", type=int, help="candidate lengths around the predicted one")
     g.add_argument("--noise-beam", type=int, help="independent noise samples per length")
@@ -232,7 +234,7 @@ def _set_threads(n: int | None) -> None:
 
 
 def _decoding_options(args: argparse.Namespace) -> dict:
-    names = ["steps", "early_stop", "length_beam", "noise_beam", "selection", "sampler", "clamp", "cond_enhance",
+    names = ["steps", "min_t", "early_stop", "length_beam", "noise_beam", "selection", "sampler", "clamp", "cond_enhance",
              "seed", "max_tokens", "beam", "lenpen", "max_len_a", "max_len_b"]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
@@ -252,8 +254,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _run_generate(args: argparse.Namespace) -> None:
     import time
 
-    from difformer.generate import load, read_lines
-    from difformer.hub import check_writable
+    from difformer.generate import check_reranker_used, load, read_lines
+    from difformer.files import check_writable
     from difformer.precision import allow_tf32
 
     if args.output:
@@ -263,9 +265,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     allow_tf32(pipe.device, pipe.precision)
     options = _decoding_options(args)
     cfg = pipe.decode_config(**options)
-    if args.reranker and cfg.selection != "ar":
-        raise DifformerError(f"--reranker {args.reranker} scores candidates only with --selection ar "
-                             f"(this decoding selects by {cfg.selection})")
+    check_reranker_used(args.reranker, cfg)
     lines, bad = read_lines(args.input)
     if bad:
         print(f"warning: {args.input}: invalid UTF-8 replaced on line(s) {_ranges(bad)}", file=sys.stderr)
@@ -284,7 +284,7 @@ def _write_lines(outputs: list[str], path: str | None) -> None:
     """One line per output, whatever the outputs hold: line breaks inside an output become spaces (with a
     warning), so that line N of the output always belongs to line N of the input, for every tool."""
     from difformer.generate import one_line
-    from difformer.hub import write_atomic
+    from difformer.files import write_atomic
 
     lines = [one_line(o) for o in outputs]
     broken = [i + 1 for i, (a, b) in enumerate(zip(outputs, lines)) if a != b]
@@ -332,7 +332,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
             raise DifformerError("with --model the references are --data's prepared targets; --hyp and --ref "
                                  "score a file of outputs instead")
         if args.output:
-            from difformer.hub import check_writable
+            from difformer.files import check_writable
 
             check_writable(args.output)  # before decoding a whole split
         hyps, refs, info = decode_split(args.model, args.data, args.split, args.precision, args.device,

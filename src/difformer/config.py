@@ -20,6 +20,12 @@ from difformer.errors import DifformerError
 PRESETS = Path(__file__).parent / "configs"
 
 
+
+def lowest_t(timesteps: int, min_t: float) -> int:
+    """The cleanest step of a T-step schedule at or above min_t T: where training's draws of t and the
+    sampler's steps end."""
+    return round(min_t * timesteps)
+
 @dataclass
 class ModelConfig:
     # "difformer": the embedding diffusion model; "transformer": the autoregressive teacher and baseline
@@ -82,6 +88,11 @@ class DiffusionConfig:
     # are nearly clean, so the denoiser learns little from them
     min_t: float = 0.0
 
+    @property
+    def self_conditioned(self) -> bool:
+        """Whether the network learnt to read its previous z0 prediction p (sampling feeds it only then)."""
+        return self.self_cond > 0
+
     def validate(self) -> None:
         _check(self.schedule in ("sqrt", "linear", "cosine"),
                f"diffusion.schedule must be sqrt, linear or cosine, not {self.schedule!r}")
@@ -97,7 +108,7 @@ class DiffusionConfig:
         if self.time_sampling == "loss":
             from difformer.diffusion.timesteps import BUCKETS  # torch: imported only when it is used
 
-            _check(self.timesteps - round(self.min_t * self.timesteps) >= BUCKETS,
+            _check(self.timesteps - lowest_t(self.timesteps, self.min_t) >= BUCKETS,
                    f"diffusion.time_sampling loss needs >= {BUCKETS} timesteps from min_t x timesteps to T")
 
 
@@ -150,6 +161,9 @@ class TrainConfig:
 class DecodeConfig:
     steps: int = 20  # K sampling steps spread over the T-step schedule
     early_stop: int = 0  # stop after this many steps and output that step's z0 prediction; 0: off
+    # the cleanest step visited, as a fraction of T: the K steps are spread over [T-1, min_t T]; a model
+    # trained with diffusion.min_t never saw a t below its min_t, where the default 0 ends
+    min_t: float = 0.0
     length_beam: int = 1
     noise_beam: int = 1
     sampler: str = "ddpm"  # "ddpm" (ancestral) or "ddim" (deterministic)
@@ -171,6 +185,7 @@ class DecodeConfig:
     def validate(self) -> None:
         _check(self.steps >= 1, "decode.steps must be >= 1")
         _check(0 <= self.early_stop <= self.steps, "decode.early_stop must be in [0, steps]")
+        _check(0 <= self.min_t < 1, "decode.min_t must be in [0, 1)")
         _check(self.length_beam >= 1 and self.noise_beam >= 1, "decode beams must be >= 1")
         _check(self.sampler in ("ddpm", "ddim"), "decode.sampler must be ddpm or ddim")
         _check(self.selection in ("score", "mbr", "ar"), "decode.selection must be score, mbr or ar")
@@ -190,7 +205,8 @@ class DecodeConfig:
         if arch == "transformer":
             search = "greedy" if self.beam == 1 else f"beam={self.beam} lenpen={self.lenpen}"
             return f"autoregressive {search} max_len={self.max_len_a:g}*src+{self.max_len_b}"
-        return (f"steps={self.steps} early_stop={self.early_stop or 'off'} "
+        return (f"steps={self.steps}{f' min_t={self.min_t:g}' if self.min_t else ''} "
+                f"early_stop={self.early_stop or 'off'} "
                 f"candidates={self.length_beam}x{self.noise_beam} selection={self.selection} "
                 f"sampler={self.sampler} clamp={self.clamp}{' cond_enhance' if self.cond_enhance else ''} "
                 f"NFE={self.nfe}")
@@ -206,7 +222,9 @@ class Config:
     def validate(self) -> "Config":
         for section in (self.model, self.diffusion, self.train, self.decode):
             section.validate()
-        _check(self.decode.steps <= self.diffusion.timesteps, "decode.steps must be <= diffusion.timesteps")
+        T, lowest = self.diffusion.timesteps, lowest_t(self.diffusion.timesteps, self.decode.min_t)
+        _check(self.decode.steps <= T - lowest, f"decode.steps ({self.decode.steps}) must be <= {T - lowest}, the "
+               f"diffusion timesteps from T-1 down to decode.min_t T = {lowest}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,6 +244,18 @@ class Config:
             return cls(**sections).validate()
         except DifformerError as e:
             raise DifformerError(f"{where}: {e}") from None  # name the file a bad value came from
+
+
+def config_diff(a: dict, b: dict, ignore: set[str], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts (`ignore`: keys allowed to differ)."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        name = f"{prefix}{k}"
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            keys += config_diff(a[k], b[k], ignore, f"{name}.")
+        elif a.get(k) != b.get(k) and name not in ignore:
+            keys.append(name)
+    return keys
 
 
 def _check(ok: bool, message: str) -> None:

@@ -20,11 +20,12 @@ import numpy as np
 from tqdm import tqdm
 
 from difformer.data.binarize import PairDataset, dtype_for, length_stats
-from difformer.data.prepare import check_destination, install
+from difformer.data.prepare import check_destination
 from difformer.data.tokenizer import Tokenizer
 from difformer.errors import DifformerError
 from difformer.generate import load, search_tokens
-from difformer.hub import same_tokenizer, write_atomic, write_json
+from difformer.files import install, write_atomic, write_json
+from difformer.hub import same_tokenizer
 from difformer.metrics import corpus_bleu
 from difformer.precision import allow_tf32
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from difformer.data.binarize import PairDataset
 from difformer.errors import DifformerError
-from difformer.generate import load, read_lines
-from difformer.hub import check_prepared_with, write_atomic
+from difformer.generate import check_reranker_used, load, read_lines
+from difformer.files import write_atomic
+from difformer.hub import check_prepared_with
 from difformer.metrics import corpus_bleu, rouge, tokenized_bleu
 from difformer.precision import allow_tf32
 
@@ -52,9 +53,7 @@ def decode_split(model_dir: str, data_dir: str | None, split: str, precision: st
     sources = [data.src(i)[:limit].tolist() for i in range(len(data))]
     refs = pipe.tokenizer.decode([data.tgt(i).tolist() for i in range(len(data))])
     cfg = pipe.decode_config(**options)
-    if reranker and cfg.selection != "ar":
-        raise DifformerError(f"--reranker {reranker} scores candidates only with --selection ar "
-                             f"(this decoding selects by {cfg.selection})")
+    check_reranker_used(reranker, cfg)
     start = time.perf_counter()
     hyps = pipe.decode_ids(sources, cfg)
     seconds = time.perf_counter() - start

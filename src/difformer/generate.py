@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from difformer.config import Config, DecodeConfig
+from difformer.config import Config, DecodeConfig, lowest_t
 from difformer.data.batching import pad_batch
 from difformer.data.tokenizer import Tokenizer
 from difformer.diffusion.sampling import generate_candidates
@@ -73,7 +73,7 @@ def decode_ids(model: Difformer | ARTransformer, schedule: Schedule | None, toke
     """Decode tokenized sources (no EOS, within max_positions - 1) into detokenized strings, in order.
 
     `schedule` is the Difformer's (None for an autoregressive model); `reranker` scores the candidates
-    when cfg.selection is "ar" (same tokenizer); `self_condition`: the model's diffusion.self_cond > 0.
+    when cfg.selection is "ar" (same tokenizer); `self_condition`: the model's diffusion.self_conditioned.
     """
     if isinstance(model, ARTransformer):
         return tokenizer.decode(search_tokens(model, tokenizer, sources, cfg, precision))
@@ -185,9 +185,11 @@ class Pipeline:
             raise DifformerError(f"decoding option(s) {', '.join(sorted(wrong))} do not apply to {kind}")
         cfg = dataclasses.replace(self.config.decode, **options)
         cfg.validate()
-        if self.schedule is not None and cfg.steps > self.schedule.timesteps:
-            raise DifformerError(f"steps ({cfg.steps}) exceeds the model's {self.schedule.timesteps} diffusion "
-                                 "timesteps")
+        if self.schedule is not None:
+            T, lowest = self.schedule.timesteps, lowest_t(self.schedule.timesteps, cfg.min_t)
+            if cfg.steps > T - lowest:
+                raise DifformerError(f"steps ({cfg.steps}) exceeds the model's {T - lowest} diffusion timesteps"
+                                     + (f" from T-1 down to min_t T = {lowest}" if lowest else ""))
         if cfg.selection == "ar" and self.arch == "difformer" and self.reranker is None:
             raise DifformerError("selection 'ar' needs an autoregressive reranker: generate --reranker DIR "
                                  "(Python: difformer.load(MODEL, reranker=DIR))")
@@ -210,7 +212,7 @@ class Pipeline:
     def decode_ids(self, sources: list[list[int]], cfg: DecodeConfig) -> list[str]:
         reranker = self.reranker.model if self.reranker is not None else None
         return decode_ids(self.model, self.schedule, self.tokenizer, sources, cfg, self.precision, reranker,
-                          self.config.diffusion.self_cond > 0)
+                          self.config.diffusion.self_conditioned)
 
     def generate(self, texts: list[str], **options) -> list[str]:
         return self.decode_ids(self.encode(texts), self.decode_config(**options))
@@ -223,7 +225,7 @@ class Pipeline:
         with autocast(self.precision, self.device):
             trace: list[torch.Tensor] = []
             cand = generate_candidates(self.model, self.schedule, src.to(self.device), src_mask.to(self.device),
-                                       cfg, trace=trace, self_condition=self.config.diffusion.self_cond > 0)
+                                       cfg, trace=trace, self_condition=self.config.diffusion.self_conditioned)
             return [self.model.logits(z).float().argmax(-1) for z in trace], cand.lengths[:, 0]
 
     def trace(self, text: str, **options) -> dict:
@@ -241,15 +243,23 @@ class Pipeline:
         n = int(lengths[0])
         rows = [tokens[0, :n].tolist() for tokens in steps]
         texts = detokenize(self.tokenizer, rows, [n] * len(rows))
-        timesteps = self.schedule.timesteps_for(cfg.steps)
+        timesteps = self.schedule.timesteps_for(cfg.steps, cfg.min_t)
         return {"input": text, "output": texts[-1], "setting": self.describe(cfg), "precision": self.precision,
                 "steps": [{"step": k + 1, "t": int(timesteps[k]), "tokens": self.tokenizer.pieces(row), "text": t}
                           for k, (row, t) in enumerate(zip(rows, texts))]}
 
 
+def check_reranker_used(reranker: str | None, cfg: DecodeConfig) -> None:
+    """A reranker named on the command line must choose the outputs: loaded and never used, it would
+    leave the user believing it did."""
+    if reranker and cfg.selection != "ar":
+        raise DifformerError(f"--reranker {reranker} scores candidates only with --selection ar "
+                             f"(this decoding selects by {cfg.selection})")
+
+
 # decoding options that only one model kind reads; given to the other, they are an error, not ignored
 AR_OPTIONS = {"beam", "lenpen", "max_len_a", "max_len_b"}
-DIFFUSION_OPTIONS = {"steps", "early_stop", "length_beam", "noise_beam", "sampler", "clamp", "cond_enhance",
+DIFFUSION_OPTIONS = {"steps", "min_t", "early_stop", "length_beam", "noise_beam", "sampler", "clamp", "cond_enhance",
                      "selection", "seed"}
 
 

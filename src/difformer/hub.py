@@ -6,7 +6,6 @@ safetensors are ever read: loading a directory never runs code.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,70 +15,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from difformer.config import Config, ModelConfig
-from difformer.data.prepare import install, umask
 from difformer.data.tokenizer import Tokenizer
 from difformer.diffusion.schedule import Schedule
 from difformer.errors import DifformerError
+from difformer.files import fsync_path, install, write_atomic
 from difformer.model.autoregressive import ARTransformer
 from difformer.model.difformer import Difformer
 
 CONFIG, WEIGHTS, TOKENIZER, DATASET = "config.json", "model.safetensors", "tokenizer.model", "dataset.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
-
-
-def write_atomic(path: Path, write) -> None:
-    """Write through `write(tmp_path)` to a temporary file in the same directory, fsync, then rename.
-
-    The directory is fsynced after the rename too: without it a power cut can undo the rename even though
-    the file's data reached the disk.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~umask())  # a plain open's permissions; mkstemp's are the owner's alone
-    try:
-        write(Path(tmp))
-        fsync_path(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory's entries: new names, renames); a no-op where unsupported."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems (and Windows, for directories) cannot fsync a directory
-        pass
-    finally:
-        os.close(fd)
-
-
-def check_writable(path: str | Path) -> Path:
-    """Fail now, not after hours of decoding, when `path` (a file to write) cannot be created."""
-    path = Path(path)
-    if path.is_dir():
-        raise DifformerError(f"{path}: is a directory; give a file name to write to")
-    parent = path.parent
-    if not parent.is_dir():
-        raise DifformerError(f"{path}: cannot write there ({parent} is not an existing directory)")
-    try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise DifformerError(f"{path}: cannot write there ({e.strerror or e})") from None
-    return path
-
-
-def write_json(path: Path, obj) -> None:
-    write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8"))
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:

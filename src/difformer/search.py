@@ -5,7 +5,7 @@ Beam search follows fairseq's sequence generator: each step takes the 2k best co
 hypotheses; an EOS among the best k finishes a hypothesis (scored by log-prob / length ** lenpen), the best k
 others live on; a sentence is done when it has k finished hypotheses and no live one scores better than the
 best of them, and done sentences leave the batch.
-At max_len_a * source length + max_len_b tokens EOS is forced.
+At max_len_a * source length + max_len_b tokens EOS is forced, at its own log-probability.
 """
 from __future__ import annotations
 
@@ -99,7 +99,8 @@ def best_continuations(logits: torch.Tensor, scores: torch.Tensor, banned: tuple
     """The 2k best continuations of each of n sentences: (sentence log-prob, beam, word), each (n, 2k).
 
     `logits` (n*k, V; overwritten) are the next-token logits of the k live hypotheses, whose log-probs are
-    `scores` (n, k); `banned` tokens never follow; a sentence `at_limit` may only end (EOS, log p 0). The
+    `scores` (n, k); `banned` tokens never follow; a sentence `at_limit` may only end, EOS keeping its own
+    log p (as fairseq: a log p of 0 would favour the hypotheses cut at the limit over those that ended). The
     best 2k of a sentence are among the best 2k of each of its beams, so no (n, k*V) sum is formed; log p is
     the logit minus the logsumexp, taken before banning (as log_softmax then banning would).
     """
@@ -109,7 +110,7 @@ def best_continuations(logits: torch.Tensor, scores: torch.Tensor, banned: tuple
     if any(at_limit):
         rows = torch.tensor(at_limit, device=logits.device).repeat_interleave(k)
         eos_only = torch.arange(logits.shape[1], device=logits.device) == eos
-        logits[rows] = torch.where(eos_only, norm[rows], float("-inf"))
+        logits[rows] = torch.where(eos_only, logits[rows], float("-inf"))
     w = min(2 * k, logits.shape[1])
     row_top, row_word = logits.topk(w, dim=-1)  # (n*k, w)
     total = (scores[:, :, None] + (row_top - norm).view(n, k, w)).view(n, k * w)

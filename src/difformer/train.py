@@ -22,12 +22,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from difformer import checkpoint, distributed, hub
 from difformer.checkpoint import State
-from difformer.config import Config, TrainConfig, save_config
+from difformer.config import Config, TrainConfig, lowest_t, save_config
 from difformer.data.binarize import PairDataset
 from difformer.data.loader import Loader, check_max_tokens, collate, epoch_batches
 from difformer.data.tokenizer import Tokenizer
 from difformer.diffusion.timesteps import LossAwareTimesteps
 from difformer.errors import DifformerError
+from difformer.files import write_atomic
 from difformer.generate import decode_ids
 from difformer.metrics import corpus_bleu, rouge
 from difformer.precision import allow_tf32, autocast, resolve_precision
@@ -88,7 +89,7 @@ class Trainer:
         self.model = hub.build_model(cfg.model).to(self.device)
         self.schedule = hub.build_schedule(cfg)
         d = cfg.diffusion
-        self.timesteps = (LossAwareTimesteps(round(d.min_t * d.timesteps), d.timesteps, self.device)
+        self.timesteps = (LossAwareTimesteps(lowest_t(d.timesteps, d.min_t), d.timesteps, self.device)
                           if self.schedule is not None and d.time_sampling == "loss" else None)
         warm = None
         if t.init_from and not resume:  # on resume the checkpoint holds the weights
@@ -167,7 +168,7 @@ class Trainer:
                 raise DifformerError(f"{self.ckpt_dir / name / 'state.json'}: damaged checkpoint ({e})") from None
         if self.ranks.main:
             self.log.end_at_a_full_line()
-            hub.write_atomic(self.save_dir / "config.yaml", lambda p: save_config(self.cfg, p))
+            write_atomic(self.save_dir / "config.yaml", lambda p: save_config(self.cfg, p))
         self._log({"resumed_from": name})
 
     # ---- validation --------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ class Trainer:
         decode_cfg = dataclasses.replace(cfg.decode, length_beam=1, noise_beam=1, early_stop=0, beam=1,
                                          selection="score")
         hyps = decode_ids(self.model, self.schedule, tok, sources, decode_cfg, self.precision,
-                          self_condition=cfg.diffusion.self_cond > 0)
+                          self_condition=cfg.diffusion.self_conditioned)
         totals["bleu"] = corpus_bleu(hyps, refs).score
         if cfg.train.valid_metric == "rouge":
             totals.update({k: s.score for k, s in rouge(hyps, refs).items()})

@@ -8,8 +8,6 @@ before the new one is complete.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +16,7 @@ from difformer.data.binarize import binarize_split, dtype_for
 from difformer.data.corpus import ParallelCorpus
 from difformer.data.tokenizer import BOS, EOS, PAD, UNK, Tokenizer
 from difformer.errors import DifformerError
+from difformer.files import install, sibling
 
 FORMAT_VERSION = 1
 
@@ -41,7 +40,7 @@ def prepare(*, source_lang: str, target_lang: str, trainpref: str, validpref: st
                "max_len": max_len, "long": long, "lowercase": lowercase, "seed": seed}
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _sibling(dest, "tmp")
+        tmp = sibling(dest, "tmp")
     except OSError as e:
         raise DifformerError(f"{dest}: cannot write there ({e.strerror or e})") from None
     try:
@@ -105,13 +104,6 @@ def check_destination(dest: Path, force: bool) -> None:
                              f"difformer prepare")
 
 
-def _sibling(dest: Path, tag: str) -> Path:
-    """A new hidden directory next to dest: same file system, so the final rename is atomic."""
-    path = dest.parent / f".{dest.name}.{tag}-{secrets.token_hex(4)}"
-    path.mkdir()
-    return path
-
-
 def _both_sides(train: ParallelCorpus) -> Iterator[str]:
     """Source and target lines of the training pairs, for the joint vocabulary."""
     for src, tgt in train.chunks():
@@ -120,26 +112,6 @@ def _both_sides(train: ParallelCorpus) -> Iterator[str]:
     if train.lines == train.dropped_empty:
         raise DifformerError(f"no training pairs in {train.src} / {train.tgt} "
                              f"({train.lines} lines, all empty on one side or both)")
-
-
-def umask() -> int:
-    """The process's file-mode mask (reading it means setting it: set back at once)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def install(tmp: Path, dest: Path) -> None:
-    """Move a finished directory into place with a plain mkdir's permissions (a temporary directory's are the
-    owner's alone); an old one is removed only after the new one is there."""
-    os.chmod(tmp, 0o777 & ~umask())
-    if not dest.exists():
-        tmp.rename(dest)
-        return
-    old = _sibling(dest, "old")
-    dest.rename(old / dest.name)
-    tmp.rename(dest)
-    shutil.rmtree(old)
 
 
 def format_summary(info: dict) -> str:

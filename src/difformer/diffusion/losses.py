@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from difformer.config import DiffusionConfig
+from difformer.config import DiffusionConfig, lowest_t
 from difformer.diffusion.schedule import Schedule
 from difformer.diffusion.timesteps import LossAwareTimesteps
 from difformer.model.difformer import Difformer, length_targets
@@ -55,7 +55,7 @@ def difformer_loss(model: Difformer, schedule: Schedule, cfg: DiffusionConfig, s
     memory, length_logits = model.encode(src, src_mask)
     z0 = model.embed_target(tgt)  # (B, T, e), gradient flows into E
     if timesteps is None:
-        t = torch.randint(round(cfg.min_t * schedule.timesteps), schedule.timesteps, (B,), device=src.device)
+        t = torch.randint(lowest_t(schedule.timesteps, cfg.min_t), schedule.timesteps, (B,), device=src.device)
     else:
         t, weight = timesteps.draw(B)
     z_t = schedule.add_noise(z0, torch.randn_like(z0), t, cfg.noise_factor, cfg.noise_mode)
@@ -64,7 +64,7 @@ def difformer_loss(model: Difformer, schedule: Schedule, cfg: DiffusionConfig, s
     time = schedule.model_time(t)
 
     p = torch.zeros_like(z_t)
-    if cfg.self_cond > 0 and torch.rand(()).item() < cfg.self_cond:
+    if cfg.self_conditioned and torch.rand(()).item() < cfg.self_cond:
         with torch.no_grad():  # self-conditioning: a first pass without gradient feeds the real one
             p = model.denoise(z_t, p, time, tgt_mask, memory, src_mask).detach()
     z0_hat = model.denoise(z_t, p, time, tgt_mask, memory, src_mask)  # (B, T, e)

@@ -84,7 +84,7 @@ def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor,
     groups of similar length (see `length_groups`).
 
     With `trace`, each step's z0_hat (B*C, L, e) is appended to it, as in `denoise_loop` (one group);
-    `self_condition` as there (the model's diffusion.self_cond > 0).
+    `self_condition` as there (the model's diffusion.self_conditioned).
     """
     B, device = src.shape[0], src.device
     l, n = cfg.length_beam, cfg.noise_beam
@@ -95,7 +95,7 @@ def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor,
     lengths = lengths.repeat_interleave(n, dim=1).reshape(-1)  # (B*C,): candidate c of source b is b*C + c
     keys = candidate_keys(src, src_mask, C, cfg.seed)  # from each source's own tokens
     sampler = make_sampler(cfg.sampler, schedule)
-    sampler.set_timesteps(cfg.steps, cfg.early_stop, device)
+    sampler.set_timesteps(cfg.steps, cfg.early_stop, device, cfg.min_t)
     # the decoder layers' cross-attention keys/values: once per source, not per candidate and step
     cross_kv = model.cross_keys_values(memory)
     sizes = lengths.tolist()

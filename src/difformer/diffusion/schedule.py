@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from difformer.config import lowest_t
+
 
 def _alpha_bar_fn(name: str) -> Callable[[float], float]:
     if name == "sqrt":  # Diffusion-LM: abar(s) = 1 - sqrt(s + 1e-4)
@@ -70,9 +72,11 @@ class Schedule:
         s = ((1.0 - abar).sqrt() * noise_factor).float()[:, None, None]
         return a * z0 + s * noise
 
-    def timesteps_for(self, steps: int) -> list[int]:
-        """K evenly spaced steps from T-1 down to 0 (integer positions on the T-step schedule)."""
-        if steps > self.timesteps:
-            raise ValueError(f"steps ({steps}) exceeds the schedule's {self.timesteps} timesteps")
-        ts = torch.linspace(self.timesteps - 1, 0, steps, dtype=torch.float64).round().long()
+    def timesteps_for(self, steps: int, min_t: float = 0.0) -> list[int]:
+        """K evenly spaced steps from T-1 down to round(min_t T) (integer positions on the T-step schedule)."""
+        last = lowest_t(self.timesteps, min_t)
+        if steps > self.timesteps - last:
+            raise ValueError(f"steps ({steps}) exceeds the schedule's {self.timesteps - last} timesteps from "
+                             f"T-1 down to {last}")
+        ts = torch.linspace(self.timesteps - 1, last, steps, dtype=torch.float64).round().long()
         return ts.tolist()

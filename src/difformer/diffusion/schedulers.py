@@ -13,17 +13,19 @@ from difformer.diffusion.schedule import Schedule
 
 
 class Scheduler:
-    """K strided steps t_0 = T-1 > ... > t_{K-1} = 0 of `schedule`; t_K = -1 is the clean end."""
+    """K strided steps t_0 = T-1 > ... > t_{K-1} = min_t T (0 by default) of `schedule`; then the clean end."""
 
     stochastic = False  # whether step() takes fresh noise
 
     def __init__(self, schedule: Schedule):
         self.schedule = schedule
 
-    def set_timesteps(self, steps: int, early_stop: int = 0, device: torch.device | str = "cpu") -> None:
-        """Prepare `steps` strided steps; with `early_stop` k, the network runs k times and the k-th z0
-        prediction is the output. Sets `timesteps` (ints), `model_times` and the step coefficients."""
-        ts = self.schedule.timesteps_for(steps)
+    def set_timesteps(self, steps: int, early_stop: int = 0, device: torch.device | str = "cpu",
+                      min_t: float = 0.0) -> None:
+        """Prepare `steps` strided steps from T-1 down to min_t T; with `early_stop` k, the network runs k
+        times and the k-th z0 prediction is the output. Sets `timesteps` (ints), `model_times` and the step
+        coefficients (the last step moves to the clean end, abar = 1)."""
+        ts = self.schedule.timesteps_for(steps, min_t)
         self.timesteps = ts[: early_stop or steps]
         abar = self.schedule.alphas_cumprod
         abar_t = abar[ts]

@@ -32,6 +32,7 @@ class Options(BaseModel):
     is not a number and 1 is not a boolean."""
     model_config = ConfigDict(extra="forbid", strict=True)
     steps: int | None = None
+    min_t: float | None = None
     early_stop: int | None = None
     length_beam: int | None = None
     noise_beam: int | None = None

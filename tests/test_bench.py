@@ -1,0 +1,76 @@
+"""The benchmark scripts' own rules (bench/ is not a package: loaded from its files)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_run_directory_is_not_reused_for_another_config_nor_resumed_on_another_machine(tmp_path, monkeypatch):
+    from difformer.config import load_config, save_config
+
+    multi30k = _bench("multi30k")
+    monkeypatch.setattr(multi30k, "train", lambda *a, **k: pytest.fail("trained"))
+    run = tmp_path / "run"
+    cfg = load_config("quickstart", [f"train.save_dir={run}"])
+    run.mkdir()
+    save_config(cfg, run / "config.yaml")
+    other = load_config("quickstart", [f"train.save_dir={run}", "train.lr=1e-4", "train.max_minutes=3"])
+    with pytest.raises(SystemExit, match=r"t: .* was trained with another config \(differing keys: train\.lr\)"):
+        multi30k.train_run(other, run, "t")
+    (run / "commit.txt").write_text("abc1234")
+    (run / "machine.txt").write_text("another CPU")
+    resumed = load_config("quickstart", [f"train.save_dir={run}", "train.max_minutes=3"])  # a budget may change
+    with pytest.raises(SystemExit, match="started on another CPU, this is "):
+        multi30k.train_run(resumed, run, "t")
+    (run / "model").mkdir()
+    (run / "model" / "model.safetensors").write_bytes(b"")  # finished: recorded where and with what it started
+    assert multi30k.train_run(resumed, run, "t") == (None, {"commit": "abc1234", "machine": "another CPU"})
+
+
+def _record(machine="Xeon, 2 cores", data="/d", minutes=25.0, overrides=()):
+    return {"machine": machine, "data": data, "config": {"train": {"max_minutes": minutes}},
+            "overrides": list(overrides)}
+
+
+def test_sweep_adds_an_arm_only_to_a_batch_of_the_same_machine_data_budget_and_overrides(monkeypatch, tmp_path):
+    sweep = _bench("sweep")
+    recorded = {"batches": {"b": {"control": _record(), "dropout-0": _record(overrides=["model.dropout=0"])}}}
+    monkeypatch.setattr(sweep, "load_results", lambda name: recorded)
+    monkeypatch.setattr(sweep, "machine", lambda: "Xeon, 2 cores")
+    monkeypatch.setattr(sweep, "prepared", lambda *a: Path("/d"))
+    monkeypatch.setattr(sweep, "train_run", lambda *a: pytest.fail("trained beside another batch's runs"))
+
+    def refused(*argv: str, words: str) -> None:
+        monkeypatch.setattr(sys, "argv", ["sweep.py", "--tag", "b", "--minutes", "25", *argv])
+        with pytest.raises(SystemExit, match=words):
+            sweep.main()
+
+    refused("--arms", "self-cond-0", "--data", "/distilled", words="b's control ran with data /d, this run with "
+            "data /distilled: name a new --tag, or repeat the batch's settings")
+    refused("--arms", "self-cond-0", "--set", "train.seed=2", words=r"set \[\], this run with set \['train.seed=2'\]")
+    monkeypatch.setattr(sweep, "machine", lambda: "EPYC, 2 cores")
+    refused("--arms", "self-cond-0", words="machine Xeon, 2 cores, this run with machine EPYC, 2 cores")
+    del recorded["batches"]["b"]["control"]  # the control always runs: it too would join the Xeon's arm
+    refused("--arms", "dropout-0", words="b's dropout-0 ran with machine Xeon")
+    # a batch whose every arm is recorded only reports, wherever it ran
+    monkeypatch.setattr(sys, "argv", ["sweep.py", "--tag", "b", "--arms", "dropout-0", "--work", str(tmp_path)])
+    recorded["batches"]["b"]["control"] = _record()
+    sweep.main()
+
+
+def test_the_sweep_table_names_what_else_differs_from_the_control():
+    sweep = _bench("sweep")
+    control = {"config": {"diffusion": {"min_t": 0.0}, "train": {"init_from": None, "data": "/a"}}}
+    arm = {"config": {"diffusion": {"min_t": 0.1}, "train": {"init_from": "/t", "data": "/b"}}}
+    assert sweep.also_differs("init-teacher", arm, control) == "diffusion.min_t 0.0 -> 0.1"
+    assert sweep.also_differs("min-t-0.2", arm, control) == "train.init_from None -> /t"
