@@ -70,7 +70,9 @@ def test_sweep_adds_an_arm_only_to_a_batch_of_the_same_machine_data_budget_and_o
 
 def test_the_sweep_table_names_what_else_differs_from_the_control():
     sweep = _bench("sweep")
-    control = {"config": {"diffusion": {"min_t": 0.0}, "train": {"init_from": None, "data": "/a"}}}
-    arm = {"config": {"diffusion": {"min_t": 0.1}, "train": {"init_from": "/t", "data": "/b"}}}
+    control = {"config": {"diffusion": {"min_t": 0.0}, "train": {"init_from": None, "data": "/a"},
+                          "decode": {"prune_keep": None}}}  # an option since removed is not a difference
+    arm = {"config": {"diffusion": {"min_t": 0.1}, "train": {"init_from": "/t", "data": "/b"},
+                      "decode": {"prune_keep": 1}}}
     assert sweep.also_differs("init-teacher", arm, control) == "diffusion.min_t 0.0 -> 0.1"
     assert sweep.also_differs("min-t-0.2", arm, control) == "train.init_from None -> /t"
