@@ -94,10 +94,13 @@ def _run_train(args: argparse.Namespace) -> int:
         return _torchrun(args)
     from difformer import distributed
 
+    trainer = None
     try:
         trainer = Trainer(cfg, resume=args.resume, device=args.device, timeout_minutes=args.dist_timeout)
         out = trainer.train()
     finally:
+        if trainer is not None:
+            trainer.release()
         distributed.teardown()
     if trainer.stopped_by is not None:  # checkpoint saved and the resume command printed by rank 0
         return 128 + signal.Signals[trainer.stopped_by].value

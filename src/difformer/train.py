@@ -9,6 +9,7 @@ agrees on statistics and on stopping). Rank 0 alone validates, logs and writes f
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -279,6 +280,14 @@ class Trainer:
         out = self.finish() if self.ranks.main else self.save_dir / "model"
         distributed.barrier(self.ranks)
         return out
+
+    def release(self) -> None:
+        """Drop the DDP wrapper, which holds the process group, before `distributed.teardown`: a group kept
+        alive by a reference cycle is finalised with the interpreter, and gloo's threads finalised there can
+        abort a finished rank (SIGABRT, "terminate called without an active exception")."""
+        if self.ranks.world_size > 1:
+            self.objective = None
+            gc.collect()
 
     def _update(self, window: Window, clock) -> dict[str, torch.Tensor] | None:
         """One optimizer update over update_freq batches; None when skipped (a non-finite loss or gradient on
