@@ -138,6 +138,9 @@ def main() -> None:
     if args.report:
         save(results)
         return
+    unknown = [t for t in args.decode_again if t not in results["runs"]]
+    if unknown:  # before decoding, not after it
+        sys.exit(f"--decode-again {' '.join(unknown)}: not recorded in results/{NAME}.json ({', '.join(results['runs'])})")
     for tag in args.decode_again:
         run, teacher_dir = args.work / NAME / "runs" / tag, args.work / NAME / "runs" / "ar-25min" / "model"
         settings = AR if tag.startswith("ar-") else DIFFUSION
