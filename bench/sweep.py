@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import sys
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -88,17 +89,22 @@ DECODINGS = {"default": {}, "cond-enhance": {"cond_enhance": True}, "early-stop-
 SETTINGS_OF_A_RUN = {"train.data", "train.save_dir", "model.vocab_size"}
 
 
+@cache
+def preset() -> dict:
+    """Today's `multi30k` preset as a run's config.yaml holds it (read once, compared with every run)."""
+    return yaml.safe_load(yaml.safe_dump(load_config("multi30k").to_dict()))
+
+
 def against_preset(config: dict) -> str:
     """What a run's saved config sets otherwise than today's `multi30k` preset (its paths, budget and the
     data's vocabulary size aside): the arm's change, and any preset value the run predates."""
-    preset = yaml.safe_load(yaml.safe_dump(load_config("multi30k").to_dict()))  # as config.yaml holds it
     changed = []
     for section, values in config.items():
         for key, value in values.items():
             if f"{section}.{key}" in SETTINGS_OF_A_RUN | {"train.max_minutes"} or \
-                    key not in preset[section]:  # an option since removed was off in every arm
+                    key not in preset()[section]:  # an option since removed was off in every arm
                 continue
-            if value != preset[section][key]:
+            if value != preset()[section][key]:
                 if isinstance(value, str) and "/bench/work/" in value:  # a path of the checkout that ran it
                     value = "bench/work/" + value.split("/bench/work/", 1)[1]
                 changed.append(f"{section}.{key}={value}")
@@ -217,7 +223,7 @@ def against_control(batches: dict) -> list[str]:
 def also_differs(arm: str, r: dict, control: dict) -> str:
     """The settings in which an arm's run differs from its control's other than the arm's own overrides."""
     own = {o.split("=", 1)[0] for o in ARMS.get(arm, [])} | SETTINGS_OF_A_RUN
-    known = {f"{s}.{k}" for s, values in load_config("multi30k").to_dict().items() for k in values}
+    known = {f"{s}.{k}" for s, values in preset().items() for k in values}
     keys = [k for k in config_diff(control["config"], r["config"], ignore=own) if k in known]  # not since removed
     return ", ".join(f"{k} {_get(control['config'], k)} -> {_get(r['config'], k)}" for k in keys)
 

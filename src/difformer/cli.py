@@ -237,8 +237,8 @@ def _set_threads(n: int | None) -> None:
 
 
 def _decoding_options(args: argparse.Namespace) -> dict:
-    names = ["steps", "min_t", "early_stop", "length_beam", "noise_beam", "selection", "sampler", "clamp", "cond_enhance",
-             "seed", "max_tokens", "beam", "lenpen", "max_len_a", "max_len_b"]
+    names = ["steps", "min_t", "early_stop", "length_beam", "noise_beam", "selection", "sampler", "clamp",
+             "cond_enhance", "seed", "max_tokens", "beam", "lenpen", "max_len_a", "max_len_b"]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 

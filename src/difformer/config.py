@@ -20,11 +20,11 @@ from difformer.errors import DifformerError
 PRESETS = Path(__file__).parent / "configs"
 
 
-
 def lowest_t(timesteps: int, min_t: float) -> int:
     """The cleanest step of a T-step schedule at or above min_t T: where training's draws of t and the
     sampler's steps end."""
     return round(min_t * timesteps)
+
 
 @dataclass
 class ModelConfig:

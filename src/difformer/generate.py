@@ -259,8 +259,8 @@ def check_reranker_used(reranker: str | None, cfg: DecodeConfig) -> None:
 
 # decoding options that only one model kind reads; given to the other, they are an error, not ignored
 AR_OPTIONS = {"beam", "lenpen", "max_len_a", "max_len_b"}
-DIFFUSION_OPTIONS = {"steps", "min_t", "early_stop", "length_beam", "noise_beam", "sampler", "clamp", "cond_enhance",
-                     "selection", "seed"}
+DIFFUSION_OPTIONS = {"steps", "min_t", "early_stop", "length_beam", "noise_beam", "sampler", "clamp",
+                     "cond_enhance", "selection", "seed"}
 
 
 LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines (and some editors) split on
