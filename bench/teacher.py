@@ -3,9 +3,13 @@
     python bench/teacher.py                  # AR 25 min, distillation, Difformer distilled and raw, 25 min each
     python bench/teacher.py --long 120       # then the Difformer on distilled targets for 120 minutes
     python bench/teacher.py --decode-again ar-25min   # decode a recorded model again after a decoding change
+    python bench/teacher.py --name teacher-epyc --stop-after distill   # another machine: its own results,
+                                                      # the teacher and its targets only (for bench/sweep.py)
 
-Stages, in order, each recorded in results/teacher.json when done and skipped next time (a killed training
-continues from its checkpoint; a killed distillation from its last chunk):
+Stages, in order, each recorded in results/NAME.json (default teacher) when done and skipped next time (a
+killed training continues from its checkpoint; a killed distillation from its last chunk). The runs live in
+bench/work/teacher whatever NAME is: bench/sweep.py's warm start reads the teacher there. A results file
+holds one machine's runs; another machine's stages need another --name.
   ar-25min                   the `multi30k-ar` preset; test decoded greedy and with beam 4
   distill                    the training sources decoded by that model (beam 4): targets for the students
   difformer-distilled-25min  the `multi30k` preset on the distilled targets
@@ -20,6 +24,7 @@ import json
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import command, commit, load_results, machine, save_results, scored, split_text, timed  # noqa: E402
@@ -30,7 +35,7 @@ from difformer.distill import distill  # noqa: E402
 from difformer.generate import load  # noqa: E402
 
 HERE = Path(__file__).parent
-NAME = "teacher"
+WORK = "teacher"  # bench/work/teacher: the runs and the distilled targets
 AR = {"greedy": {"beam": 1}, "beam 4": {"beam": 4}}
 DIFFUSION = {"1x1": {"length_beam": 1, "noise_beam": 1},
              "7x3 own score": {"length_beam": 7, "noise_beam": 3, "selection": "score"},
@@ -54,18 +59,18 @@ def decode_rows(model_dir: Path, data: Path, settings: dict[str, dict], reranker
     return rows
 
 
-def train_stage(results: dict, tag: str, preset: str, data: Path, work: Path, minutes: float, test: Path,
-                settings: dict, reranker: Path | None = None) -> None:
+def train_stage(save: Callable[[], None], results: dict, tag: str, preset: str, data: Path, work: Path,
+                minutes: float, test: Path, settings: dict, reranker: Path | None = None) -> None:
     run = work / "runs" / tag
     cfg = load_config(preset, [f"train.data={data}", f"train.save_dir={run}", f"train.max_minutes={minutes}"])
     train_time, started = train_run(cfg, run, tag)
     record = {**training_record(run, train_time, started), "preset": preset, "data": str(data),
               "results": decode_rows(run / "model", test, settings, reranker)}
     results["runs"][tag] = record
-    save(results)
+    save()
 
 
-def distill_stage(results: dict, teacher: Path, data: Path, dest: Path) -> None:
+def distill_stage(save: Callable[[], None], results: dict, teacher: Path, data: Path, dest: Path) -> None:
     with timed() as t:
         info = distill(teacher, data, dest, beam=4, device="cpu", force=dest.exists())
     d = info["distilled"]
@@ -75,11 +80,15 @@ def distill_stage(results: dict, teacher: Path, data: Path, dest: Path) -> None:
         "pairs": info["splits"]["train"]["pairs"], "teacher_bleu_vs_train_references": d["teacher_bleu_vs_references"],
         "empty_outputs_kept_reference": d["empty_outputs_kept_reference"],
         "machine": machine(), "commit": commit(), "command": command()}
-    save(results)
+    save()
 
 
-def save(results: dict) -> None:
-    save_results(NAME, results, markdown(results))
+def check_machine(name: str, results: dict) -> None:
+    """Refuse to add this machine's stages to another machine's: they are compared side by side."""
+    others = sorted({r["machine"] for r in results["runs"].values()} - {machine()})
+    if others:
+        sys.exit(f"teacher: results/{name}.json holds runs of {'; '.join(others)}, this is {machine()}: "
+                 f"pass --name {name}-<this machine> for a set of its own")
 
 
 def markdown(results: dict) -> str:
@@ -128,29 +137,37 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=HERE / "work")
     p.add_argument("--minutes", type=float, default=25.0, help="training budget of every system")
     p.add_argument("--long", type=float, help="then train the distilled student this many minutes")
+    p.add_argument("--name", default="teacher", help="results file name (results/NAME.json and .md)")
+    p.add_argument("--stop-after", choices=["teacher", "distill"],
+                   help="stop after the teacher's stage, or after its distillation (the students later)")
     p.add_argument("--report", action="store_true", help="rewrite the Markdown from the JSON only")
     p.add_argument("--decode-again", metavar="TAG", action="append", default=[],
                    help="decode a recorded run's model again with the code as it is now (after a decoding "
                    "change), keeping its training record")
     args = p.parse_args()
-    results = load_results(NAME)
+    results = load_results(args.name)
     results.setdefault("runs", {})
+
+    def save() -> None:
+        save_results(args.name, results, markdown(results))
+
     if args.report:
-        save(results)
+        save()
         return
     unknown = [t for t in args.decode_again if t not in results["runs"]]
     if unknown:  # before decoding, not after it
-        sys.exit(f"--decode-again {' '.join(unknown)}: not recorded in results/{NAME}.json ({', '.join(results['runs'])})")
+        sys.exit(f"--decode-again {' '.join(unknown)}: not recorded in results/{args.name}.json "
+                 f"({', '.join(results['runs'])})")
     for tag in args.decode_again:
-        run, teacher_dir = args.work / NAME / "runs" / tag, args.work / NAME / "runs" / "ar-25min" / "model"
+        run, teacher_dir = args.work / WORK / "runs" / tag, args.work / WORK / "runs" / "ar-25min" / "model"
         settings = AR if tag.startswith("ar-") else DIFFUSION
         results["runs"][tag]["results"] = decode_rows(run / "model", args.data, settings,
                                                       None if tag.startswith("ar-") else teacher_dir)
-        save(results)
+        save()
     if args.decode_again:
         return
     data = prepared(args.data, args.work)
-    work = args.work / NAME
+    work = args.work / WORK
     m = f"{args.minutes:g}min"
     teacher_tag = f"ar-{m}"
     teacher = work / "runs" / teacher_tag / "model"
@@ -159,20 +176,24 @@ def main() -> None:
         sys.exit(f"the distilled targets were made by {recorded}, not by this run's teacher {teacher}: "
                  "run with the --minutes of that teacher, or remove the distill record and its directory")
     distilled = work / "multi30k-distilled"
-    stages = [(teacher_tag, partial(train_stage, results, teacher_tag, "multi30k-ar", data, work, args.minutes,
-                                    args.data, AR)),
-              ("distill", partial(distill_stage, results, teacher, data, distilled)),
-              (f"difformer-distilled-{m}", partial(train_stage, results, f"difformer-distilled-{m}", "multi30k",
-                                                   distilled, work, args.minutes, args.data, DIFFUSION, teacher)),
-              (f"difformer-raw-{m}", partial(train_stage, results, f"difformer-raw-{m}", "multi30k", data, work,
-                                             args.minutes, args.data, DIFFUSION, teacher))]
+    stage = partial(train_stage, save, results)
+    stages = [(teacher_tag, partial(stage, teacher_tag, "multi30k-ar", data, work, args.minutes, args.data, AR)),
+              ("distill", partial(distill_stage, save, results, teacher, data, distilled)),
+              (f"difformer-distilled-{m}", partial(stage, f"difformer-distilled-{m}", "multi30k", distilled, work,
+                                                   args.minutes, args.data, DIFFUSION, teacher)),
+              (f"difformer-raw-{m}", partial(stage, f"difformer-raw-{m}", "multi30k", data, work, args.minutes,
+                                             args.data, DIFFUSION, teacher))]
     if args.long:
         tag = f"difformer-distilled-{args.long:g}min"
-        stages.append((tag, partial(train_stage, results, tag, "multi30k", distilled, work, args.long, args.data,
-                                    DIFFUSION, teacher)))
+        stages.append((tag, partial(stage, tag, "multi30k", distilled, work, args.long, args.data, DIFFUSION,
+                                    teacher)))
+    if args.stop_after:
+        stages = stages[:2 if args.stop_after == "distill" else 1]
+    if any(tag not in results["runs"] for tag, _ in stages):
+        check_machine(args.name, results)
     for tag, run in stages:
         if tag in results["runs"]:
-            print(f"{tag}: recorded in results/{NAME}.json; skipped")
+            print(f"{tag}: recorded in results/{args.name}.json; skipped")
             continue
         print(f"{tag}: running", flush=True)
         run()

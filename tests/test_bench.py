@@ -76,3 +76,23 @@ def test_the_sweep_table_names_what_else_differs_from_the_control():
                       "decode": {"prune_keep": 1}}}
     assert sweep.also_differs("init-teacher", arm, control) == "diffusion.min_t 0.0 -> 0.1"
     assert sweep.also_differs("min-t-0.2", arm, control) == "train.init_from None -> /t"
+
+
+def test_teacher_keeps_one_machine_per_results_file_and_stops_where_asked(monkeypatch, tmp_path):
+    teacher = _bench("teacher")
+    recorded = {"runs": {"ar-25min": {"machine": "Xeon, 2 cores"}}}
+    monkeypatch.setattr(teacher, "load_results", lambda name: recorded if name == "teacher" else {})
+    monkeypatch.setattr(teacher, "save_results", lambda *a: None)
+    monkeypatch.setattr(teacher, "machine", lambda: "EPYC, 2 cores")
+    monkeypatch.setattr(teacher, "prepared", lambda *a: tmp_path)
+    ran = []
+    monkeypatch.setattr(teacher, "train_stage", lambda save, results, tag, *a: ran.append(tag))
+    monkeypatch.setattr(teacher, "distill_stage", lambda *a: ran.append("distill"))
+    monkeypatch.setattr(sys, "argv", ["teacher.py", "--stop-after", "distill"])
+    with pytest.raises(SystemExit, match=r"results/teacher.json holds runs of Xeon, 2 cores, this is EPYC, 2 "
+                                         r"cores: pass --name teacher-<this machine>"):
+        teacher.main()
+    assert ran == []
+    monkeypatch.setattr(sys, "argv", ["teacher.py", "--name", "teacher-epyc", "--stop-after", "distill"])
+    teacher.main()
+    assert ran == ["ar-25min", "distill"]  # the students are left for later
