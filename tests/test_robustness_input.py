@@ -161,7 +161,7 @@ def test_reader_closing_the_pipe_early_gives_exit_141_and_no_traceback(model_dir
     ("--steps", "0", "decode.steps must be >= 1"),
     ("--max-tokens", "-5", "decode.max_tokens must be positive"),
     ("--early-stop", "99", "decode.early_stop must be in [0, steps]"),
-    ("--steps", "100000", "steps (100000) exceeds the model's"),
+    ("--steps", "100000", "decode.steps (100000) must be <= "),
     ("--seed", "-1", "decode.seed must be in [0, 2^63)"),
     ("--min-t", "1", "decode.min_t must be in [0, 1)"),
     ("--min-t", "0.9999", "diffusion timesteps from T-1 down to min_t T = "),

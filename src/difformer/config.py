@@ -26,6 +26,13 @@ def lowest_t(timesteps: int, min_t: float) -> int:
     return round(min_t * timesteps)
 
 
+def check_steps(steps: int, timesteps: int, min_t: float) -> None:
+    """K sampling steps are K distinct timesteps from T-1 down to min_t T: no more than there are."""
+    lowest = lowest_t(timesteps, min_t)
+    _check(steps <= timesteps - lowest, f"decode.steps ({steps}) must be <= {timesteps - lowest}, the diffusion "
+           f"timesteps from T-1 down to decode.min_t T = {lowest}")
+
+
 @dataclass
 class ModelConfig:
     # "difformer": the embedding diffusion model; "transformer": the autoregressive teacher and baseline
@@ -222,9 +229,7 @@ class Config:
     def validate(self) -> "Config":
         for section in (self.model, self.diffusion, self.train, self.decode):
             section.validate()
-        T, lowest = self.diffusion.timesteps, lowest_t(self.diffusion.timesteps, self.decode.min_t)
-        _check(self.decode.steps <= T - lowest, f"decode.steps ({self.decode.steps}) must be <= {T - lowest}, the "
-               f"diffusion timesteps from T-1 down to decode.min_t T = {lowest}")
+        check_steps(self.decode.steps, self.diffusion.timesteps, self.decode.min_t)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from difformer.config import Config, DecodeConfig, lowest_t
+from difformer.config import Config, DecodeConfig, check_steps
 from difformer.data.batching import pad_batch
 from difformer.data.tokenizer import Tokenizer
 from difformer.diffusion.sampling import generate_candidates
@@ -185,11 +185,8 @@ class Pipeline:
             raise DifformerError(f"decoding option(s) {', '.join(sorted(wrong))} do not apply to {kind}")
         cfg = dataclasses.replace(self.config.decode, **options)
         cfg.validate()
-        if self.schedule is not None:
-            T, lowest = self.schedule.timesteps, lowest_t(self.schedule.timesteps, cfg.min_t)
-            if cfg.steps > T - lowest:
-                raise DifformerError(f"steps ({cfg.steps}) exceeds the model's {T - lowest} diffusion timesteps"
-                                     + (f" from T-1 down to min_t T = {lowest}" if lowest else ""))
+        if self.schedule is not None:  # the model's T, which the config's decode section was checked against
+            check_steps(cfg.steps, self.schedule.timesteps, cfg.min_t)
         if cfg.selection == "ar" and self.arch == "difformer" and self.reranker is None:
             raise DifformerError("selection 'ar' needs an autoregressive reranker: generate --reranker DIR "
                                  "(Python: difformer.load(MODEL, reranker=DIR))")

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from difformer.config import lowest_t
+from difformer.config import check_steps, lowest_t
 
 
 def _alpha_bar_fn(name: str) -> Callable[[float], float]:
@@ -74,9 +74,7 @@ class Schedule:
 
     def timesteps_for(self, steps: int, min_t: float = 0.0) -> list[int]:
         """K evenly spaced steps from T-1 down to round(min_t T) (integer positions on the T-step schedule)."""
+        check_steps(steps, self.timesteps, min_t)
         last = lowest_t(self.timesteps, min_t)
-        if steps > self.timesteps - last:
-            raise ValueError(f"steps ({steps}) exceeds the schedule's {self.timesteps - last} timesteps from "
-                             f"T-1 down to {last}")
         ts = torch.linspace(self.timesteps - 1, last, steps, dtype=torch.float64).round().long()
         return ts.tolist()
