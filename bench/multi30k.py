@@ -3,6 +3,7 @@
     python bench/multi30k.py                      # 25 minutes of configs multi30k, the README's row
     python bench/multi30k.py --minutes 120        # the long run
     python bench/multi30k.py --tag lr2e-3 train.lr=2e-3   # an experiment, recorded under its tag
+    python bench/multi30k.py --config multi30k-ar  # the autoregressive model, greedy and beam 4
 
 Resumable: a finished run is recorded in results/multi30k.json and skipped next time; a killed run
 continues from its last checkpoint. One training at a time: two on 2 cores distort both.
@@ -38,16 +39,32 @@ def prepared(data: Path, work: Path) -> Path:
     return dest
 
 
-def decode_test(model_dir: Path, data: Path, settings: list[str]) -> list[dict]:
+def decode_options(setting: str, diffusion: bool) -> dict[str, int]:
+    """LxN: a Difformer's length x noise beams; beamK: an autoregressive model's beam."""
+    try:
+        if diffusion:
+            length_beam, noise_beam = map(int, setting.split("x"))
+            return {"length_beam": length_beam, "noise_beam": noise_beam}
+        return {"beam": int(setting.removeprefix("beam"))}
+    except ValueError:
+        sys.exit(f"--settings {setting}: expected {'LxN, e.g. 7x3' if diffusion else 'beamK, e.g. beam4'} "
+                 f"for {'a Difformer' if diffusion else 'an autoregressive model'}")
+
+
+def decode_test(model_dir: Path, data: Path, settings: list[str] | None = None) -> list[dict]:
+    """Decode test2016 with each setting: LxN (a Difformer's length x noise beams; default 1x1 and 7x3) or
+    beamK (an autoregressive model's beam; default beam1 and beam4)."""
     pipe = load(model_dir, device="cpu")  # a CPU benchmark, also on a machine with a GPU
+    diffusion = pipe.arch == "difformer"
+    settings = settings or (["1x1", "7x3"] if diffusion else ["beam1", "beam4"])
     sources, refs = split_text(data, "test")
     rows = []
     for setting in settings:
-        l, n = map(int, setting.split("x"))
-        _, bleu, t = scored(pipe, sources, refs, length_beam=l, noise_beam=n)
-        cfg = pipe.decode_config(length_beam=l, noise_beam=n)
+        options = decode_options(setting, diffusion)
+        cfg = pipe.decode_config(**options)
+        _, bleu, t = scored(pipe, sources, refs, **options)
         rows.append({"setting": pipe.describe(cfg), "candidates": setting, "sacrebleu": round(bleu.score, 2),
-                     "signature": bleu.signature, "nfe": cfg.nfe, "precision": pipe.precision,
+                     "signature": bleu.signature, "nfe": cfg.nfe if diffusion else None, "precision": pipe.precision,
                      "decode_seconds": round(t["wall"], 1),
                      "decode_sentences_per_second": round(t["sentences_per_second"], 1)})
         print(f"  {setting}: BLEU {bleu.score:.2f}, {t['sentences_per_second']:.1f} sentences/s", flush=True)
@@ -114,7 +131,8 @@ def training_record(run: Path, train_time: dict | None, started: dict) -> dict:
 
 
 def _with_seconds(log: list[dict]) -> list[dict]:
-    """Validation records with the training clock of the log line before them."""
+    """Validation records with their training clock (a log written before validations carried it: the clock
+    of the log line before them)."""
     seconds, out = 0.0, []
     for r in log:
         seconds = r.get("seconds", seconds)
@@ -129,13 +147,15 @@ def markdown(results: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for tag, r in results.get("runs", {}).items():
         for row in r["results"]:
-            cpu = "resumed" if r["train_cpu_minutes"] is None else r["train_cpu_minutes"]
+            cpu = "-" if r["train_cpu_minutes"] is None else r["train_cpu_minutes"]
             lines.append(f"| {tag} | {r['train_minutes']} ({cpu}) | {r['updates']} | "
                          f"{r['train_tokens_per_second']} | {row['setting'].split(' NFE')[0]} | "
-                         f"{row['nfe']} | {row['sacrebleu']} | {row['decode_sentences_per_second']} |")
+                         f"{row['nfe'] or '-'} | {row['sacrebleu']} | {row['decode_sentences_per_second']} |")
     any_run = next(iter(results.get("runs", {}).values()), None)
     if any_run:
-        lines += ["", f"sacreBLEU signature: `{any_run['signature']}`", ""]
+        lines += ["", "CPU min: the training process's CPU time; - where it was resumed or trained by an earlier "
+                  "call (a decoding that was stopped and run again).", "",
+                  f"sacreBLEU signature: `{any_run['signature']}`", ""]
         lines += [f"- `{tag}`: `{r['command']}`, commit {r['commit']}, {r['machine']}" for tag, r in results["runs"].items()]
     return "\n".join(lines) + "\n"
 
@@ -168,9 +188,10 @@ def main() -> None:
     p.add_argument("--config", default="multi30k")
     p.add_argument("--minutes", type=float, default=25.0)
     p.add_argument("--tag", help="name of the run in the results (default: multi30k-<minutes>min)")
-    p.add_argument("--settings", default="1x1,7x3", help="length x noise beams to decode test with")
+    p.add_argument("--settings", help="test decodings, comma-separated: LxN length x noise beams for a Difformer "
+                   "(default 1x1,7x3), beamK for an autoregressive config (default beam1,beam4)")
     args = p.parse_args()
-    tag = args.tag or f"multi30k-{args.minutes:g}min"
+    tag = args.tag or f"{args.config}-{args.minutes:g}min"
     results = load_results("multi30k")
     if tag in results.get("runs", {}):
         print(f"{tag}: already recorded in bench/results/multi30k.json; delete it there to rerun")
@@ -179,8 +200,11 @@ def main() -> None:
     run = args.work / "runs" / tag
     cfg = load_config(args.config, [f"train.data={data}", f"train.save_dir={run}",
                                     f"train.max_minutes={args.minutes}", *args.overrides])
+    settings = args.settings.split(",") if args.settings else None
+    for setting in settings or []:  # before training, not after it
+        decode_options(setting, cfg.model.arch == "difformer")
     train_time, started = train_run(cfg, run, tag)
-    record = run_record(run, decode_test(run / "model", args.data, args.settings.split(",")), train_time, started)
+    record = run_record(run, decode_test(run / "model", args.data, settings), train_time, started)
     record["overrides"] = args.overrides
     results.setdefault("runs", {})[tag] = record
     if tag == PRIMARY:

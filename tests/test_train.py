@@ -67,6 +67,8 @@ def test_training_learns_and_keeps_best_and_last(trained_model):
     assert train_loss[-1] < 0.6 * train_loss[0]
     assert valid[-1]["valid_loss"] < valid[0]["valid_loss"]
     assert valid[-1]["valid_acc"] > valid[0]["valid_acc"]
+    state = json.loads((run / "checkpoints" / "update_0000150" / "state.json").read_text())["state"]
+    assert valid[-1]["seconds"] == state["seconds"] > valid[0]["seconds"] > 0  # the training clock, for curves
     kept = sorted(p.name for p in (run / "checkpoints").glob("update_*"))
     last = json.loads((run / "checkpoints" / "last.json").read_text())["checkpoint"]
     assert last == "update_0000150" and last in kept and len(kept) <= 3

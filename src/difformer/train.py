@@ -224,7 +224,7 @@ class Trainer:
             name = f"update_{self.state.update:07d}"
             if validate and self.valid_data is not None:
                 stats = self.validate()
-                self._log(stats)
+                self._log({**stats, "seconds": self.state.seconds})  # the training clock at this update
                 self.state.best.append([self.selection_score(stats), name])
                 self.state.best.sort(key=lambda b: -b[0])
                 self.state.best = self.state.best[: self.cfg.train.keep_best]
