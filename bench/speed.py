@@ -5,8 +5,10 @@ of Multi30k test2016 (20 steps, 1x1 and 7x3, fp32) and training target tokens/s 
     python bench/speed.py --model bench/work/teacher/runs/difformer-distilled-25min/model --old /tmp/old
 
 Each measurement runs in a fresh process with PYTHONPATH at one tree's `src`, old and new alternating, one
-at a time (nothing else may run beside it). The model directory's config is read by each tree's own code;
-keys an older tree does not know (options added since) are left out for it and listed in the JSON.
+at a time (nothing else may run beside it). Both trees run one config: the model directory's for decoding,
+the new tree's `multi30k` preset for training (an older tree's preset may differ: its dropout and
+self-conditioning change the speed); keys an older tree does not know (options added since) are left out
+for it and listed in the JSON.
 Writes results/speed.json and .md (--name to keep another machine's).
 """
 from __future__ import annotations
@@ -26,40 +28,57 @@ DECODINGS = {"1x1": {"steps": 20, "length_beam": 1, "noise_beam": 1},
              "7x3": {"steps": 20, "length_beam": 7, "noise_beam": 3}}
 
 
-def worker(task: dict) -> dict:
-    """Runs inside the measured tree (its difformer is the one imported)."""
+def drop_unknown_keys(raw: dict) -> list[str]:
+    """Drop from a config dict the keys this tree's Config does not know; returns them as KEY=VALUE."""
     import dataclasses
-    import shutil
-    import tempfile
-    import time
-
-    import torch
 
     from difformer import config as C
 
-    if task["kind"] == "train":
-        from difformer.train import train
-
-        save = Path(tempfile.mkdtemp()) / "run"
-        cfg = C.load_config("multi30k", [f"train.data={task['data']}", f"train.save_dir={save}",
-                                         f"train.max_minutes={task['minutes']}", "train.validate_every=1000000"])
-        train(cfg, device="cpu")
-        state = json.loads((save / "checkpoints" / json.loads((save / "checkpoints" / "last.json").read_text())
-                            ["checkpoint"] / "state.json").read_text())["state"]
-        shutil.rmtree(save.parent)
-        return {"updates": state["update"], "tokens_per_second": round(state["tokens"] / state["seconds"], 1)}
-
-    from difformer.generate import load
-    from difformer.metrics import corpus_bleu
-
-    model = Path(task["model"])
-    raw = json.loads((model / "config.json").read_text())
     dropped = []
     for section in dataclasses.fields(C.Config):
         known = {f.name for f in dataclasses.fields(getattr(C, section.type) if isinstance(section.type, str)
                                                     else section.type)}
         for key in sorted(set(raw.get(section.name, {})) - known):
             dropped.append(f"{section.name}.{key}={raw[section.name].pop(key)}")
+    return dropped
+
+
+def worker(task: dict) -> dict:
+    """Runs inside the measured tree (its difformer is the one imported)."""
+    import shutil
+    import tempfile
+    import time
+
+    import torch
+    import yaml
+
+    from difformer import config as C
+
+    if task["kind"] == "preset":
+        return C.load_config("multi30k").to_dict()
+    if task["kind"] == "train":
+        from difformer.train import train
+
+        save = Path(tempfile.mkdtemp()) / "run"
+        raw = task["config"]
+        dropped = drop_unknown_keys(raw)
+        (save.parent / "config.yaml").write_text(yaml.safe_dump(raw))
+        cfg = C.load_config(str(save.parent / "config.yaml"), [
+            f"train.data={task['data']}", f"train.save_dir={save}", f"train.max_minutes={task['minutes']}",
+            "train.validate_every=1000000"])
+        train(cfg, device="cpu")
+        state = json.loads((save / "checkpoints" / json.loads((save / "checkpoints" / "last.json").read_text())
+                            ["checkpoint"] / "state.json").read_text())["state"]
+        shutil.rmtree(save.parent)
+        return {"updates": state["update"], "tokens_per_second": round(state["tokens"] / state["seconds"], 1),
+                "dropped_config": dropped}
+
+    from difformer.generate import load
+    from difformer.metrics import corpus_bleu
+
+    model = Path(task["model"])
+    raw = json.loads((model / "config.json").read_text())
+    dropped = drop_unknown_keys(raw)
     copy = Path(tempfile.mkdtemp()) / "model"
     shutil.copytree(model, copy)
     (copy / "config.json").write_text(json.dumps(raw))
@@ -129,8 +148,9 @@ def main() -> None:
     tasks = {name: {"kind": "decode", "model": str(args.model.resolve()), "data_raw": str(args.data.resolve()),
                     "options": options, "sentences": 1000 if name == "1x1" else args.sentences_7x3}
              for name, options in DECODINGS.items()}
-    if args.train_minutes:
-        tasks["train"] = {"kind": "train", "data": str(args.prepared.resolve()), "minutes": args.train_minutes}
+    if args.train_minutes:  # the new tree's preset, in full, for both
+        tasks["train"] = {"kind": "train", "config": measure(new, {"kind": "preset"}),
+                          "data": str(args.prepared.resolve()), "minutes": args.train_minutes}
     rows = {}
     for name, task in tasks.items():
         rows[name] = {}
