@@ -104,8 +104,12 @@ def markdown(results: dict) -> str:
                   "|---|---|---|---|---|",
                   f"| lead-{LEAD_WORDS} | {_r(results['valid_lead']['original'])} | "
                   f"{_r(results['valid_lead']['annotations'])} | {LEAD_WORDS} | - |"]
-        lines += [f"| {name} | {_r(r['rouge']['original'])} | {_r(r['rouge']['annotations'])} | {r['output_words']} | "
+        lines += [f"| {name}{'' if name in VALID_DECODINGS else ' (a variant since removed)'} | "
+                  f"{_r(r['rouge']['original'])} | {_r(r['rouge']['annotations'])} | {r['output_words']} | "
                   f"{r['emails_per_second']} |" for name, r in rows.items()]
+        missing = [n for n in VALID_DECODINGS if n not in rows]
+        if missing:
+            lines += ["", f"Not decoded yet (variants added since): {', '.join(missing)}."]
         runs = "; ".join(f"`{c}` (commit {k})" for c, k in
                          dict.fromkeys((r["command"], r["decode_commit"]) for r in rows.values()))
         lines += ["", f"Machine: {next(iter(rows.values()))['machine']}; {runs}"]

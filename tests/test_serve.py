@@ -116,8 +116,8 @@ def test_wrong_paths_methods_and_bodies_without_a_length_get_json_errors(server)
 
 
 def test_clients_that_disconnect_mid_request_do_not_stop_the_server(server, pipe):
-    head = (f"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: 500\r\n\r\n").encode()
+    head = (b"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 500\r\n\r\n")
     with socket.create_connection(("127.0.0.1", server.port)) as sock:  # half a body, then gone
         sock.sendall(head + b'{"inputs": ["red')
     body = b'{"inputs": ["red cat blue", "sun"], "steps": 20}'
