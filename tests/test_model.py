@@ -5,7 +5,7 @@ import torch
 
 from difformer.config import Config, DecodeConfig, DiffusionConfig, ModelConfig
 from difformer.data.tokenizer import Tokenizer
-from difformer.diffusion.sampling import generate_candidates
+from difformer.diffusion.sampling import generate_candidates, word_logits
 from difformer.diffusion.schedule import Schedule
 from difformer.generate import Pipeline
 from difformer.model.difformer import Difformer, length_targets, predict_lengths
@@ -126,6 +126,41 @@ def test_early_stop_and_ddim_and_clamp_run():
     one = generate_candidates(model, schedule, src, src != 0, ddim)
     two = generate_candidates(model, schedule, src, src != 0, ddim)
     assert torch.equal(one.tokens, two.tokens)
+
+
+def test_clamp_feeds_the_next_step_and_outputs_the_network_s_own_argmax(monkeypatch):
+    """Rounding is not idempotent: a word whose embedding points like a longer one's (E_v = 2 E_w + ...)
+    rounds to v. The clamped embedding of the argmax word w must not be rounded again for the output."""
+    model, schedule = tiny(), Schedule("sqrt", 2000)
+    w, v = 5, 6
+    with torch.no_grad():
+        model.embed.weight.zero_()
+        model.embed.weight[w, 0] = 1.0
+        model.embed.weight[v, :2] = torch.tensor([2.0, 3.0])
+    u = torch.zeros(8)
+    u[:2] = torch.tensor([1.0, -1.0])  # u . E_w = 1 > u . E_v = -1: the argmax is w
+    seen = []
+
+    def denoise(z, p, t, tgt_mask, memory, src_mask, cross_kv=None):
+        seen.append(p.clone())
+        return u.expand(*tgt_mask.shape, 8).clone()
+
+    monkeypatch.setattr(model, "denoise", denoise)
+    src = torch.tensor([[4, 5, 6, 3]])
+    out = generate_candidates(model, schedule, src, src != 0, DecodeConfig(steps=3, clamp=True))
+    n = int(out.lengths[0, 0])
+    assert (out.tokens[0, 0, :n] == w).all()  # before: v, E_w's own rounding
+    fed = model.embed_target(torch.tensor([w]))[0]  # the next step's p (self-conditioning): the clamped z0
+    assert len(seen) == 3 and torch.allclose(seen[1][0, :n], fed.expand(n, 8))
+    assert model.logits(model.embed_target(torch.tensor([w]))).argmax(-1).item() == v  # the trap is real
+    assert torch.allclose(out.scores[0, 0], torch.log_softmax(model.logits(u), -1)[w])
+
+
+def test_output_words_are_read_in_fp32_under_bf16_autocast():
+    model, z = tiny(), torch.randn(2, 3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = word_logits(model, z)
+    assert got.dtype == torch.float32 and torch.equal(got, model.logits(z))
 
 
 def test_candidates_are_seeded_by_their_own_source_tokens_without_padding(monkeypatch):

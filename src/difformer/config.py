@@ -174,7 +174,7 @@ class DecodeConfig:
     length_beam: int = 1
     noise_beam: int = 1
     sampler: str = "ddpm"  # "ddpm" (ancestral) or "ddim" (deterministic)
-    clamp: bool = False  # replace z0_hat by the embedding of its argmax token at every step
+    clamp: bool = False  # each step continues from the embeddings of z0_hat's argmax tokens (not the output)
     # DINOISER's condition-enhanced decoding: the network is told t = T-1 at every step (the noisiest, where
     # it must lean on the source) while the sampler walks the schedule as usual
     cond_enhance: bool = False

@@ -16,7 +16,7 @@ import torch
 from difformer.config import Config, DecodeConfig, check_steps
 from difformer.data.batching import pad_batch
 from difformer.data.tokenizer import Tokenizer
-from difformer.diffusion.sampling import generate_candidates
+from difformer.diffusion.sampling import generate_candidates, word_logits
 from difformer.diffusion.schedule import Schedule
 from difformer.errors import DifformerError
 from difformer.hub import build_schedule, same_tokenizer
@@ -223,7 +223,7 @@ class Pipeline:
             trace: list[torch.Tensor] = []
             cand = generate_candidates(self.model, self.schedule, src.to(self.device), src_mask.to(self.device),
                                        cfg, trace=trace, self_condition=self.config.diffusion.self_conditioned)
-            return [self.model.logits(z).float().argmax(-1) for z in trace], cand.lengths[:, 0]
+            return [word_logits(self.model, z).argmax(-1) for z in trace], cand.lengths[:, 0]
 
     def trace(self, text: str, **options) -> dict:
         """One input decoded by a Difformer with one candidate, and what z0_hat reads at every step: the

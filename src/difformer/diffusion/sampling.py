@@ -27,6 +27,14 @@ class Candidates:
     scores: torch.Tensor  # (B, C) mean token log-probability of the argmax tokens
 
 
+def word_logits(model: Difformer, z0_hat: torch.Tensor) -> torch.Tensor:
+    """z0_hat (..., e) -> logits over the vocabulary (..., V) in fp32, also under bf16 autocast: the argmax
+    between near-tied words and the candidates' scores need more than bf16's 8 bits (one product per
+    candidate, small beside the denoising steps)."""
+    with torch.autocast(z0_hat.device.type, enabled=False):
+        return model.logits(z0_hat.float())
+
+
 @torch.no_grad()
 def denoise_loop(model: Difformer, sampler: Scheduler, cross_kv: list[torch.Tensor], src_mask: torch.Tensor,
                  tgt_mask: torch.Tensor, cfg: DecodeConfig, keys: torch.Tensor,
@@ -45,14 +53,15 @@ def denoise_loop(model: Difformer, sampler: Scheduler, cross_kv: list[torch.Tens
     for i in range(last):
         time = sampler.model_times[0 if cfg.cond_enhance else i].expand(N)
         z0_hat = model.denoise(z, p, time, tgt_mask, None, src_mask, cross_kv).float()
-        if cfg.clamp:  # snap to the nearest-by-logit word embedding
-            z0_hat = model.embed_target(model.logits(z0_hat).argmax(-1)).float()
         if trace is not None:
             trace.append(z0_hat)
+        # clamp: the next step starts from the argmax words' embeddings; the output stays the network's
+        # z0_hat (rounding an embedding again can pick another word, and its score would be E's geometry)
+        clamped = model.embed_target(word_logits(model, z0_hat).argmax(-1)).float() if cfg.clamp else z0_hat
         if i + 1 < last:
             fresh = gaussian(keys, i + 1, lengths, shape) if sampler.needs_noise(i) else None
-            z = sampler.step(i, z0_hat, z, fresh)
-        p = z0_hat if self_condition else p
+            z = sampler.step(i, clamped, z, fresh)
+        p = clamped if self_condition else p
     return z0_hat
 
 
@@ -111,7 +120,7 @@ def generate_candidates(model: Difformer, schedule: Schedule, src: torch.Tensor,
                                             src_mask.index_select(0, sources), mask, cfg, keys[rows], trace,
                                             self_condition)
     tgt_mask = torch.arange(L, device=device)[None, :] < lengths[:, None]  # (B*C, L)
-    logits = model.logits(z0_hat).float()  # (B*C, L, V)
+    logits = word_logits(model, z0_hat)  # (B*C, L, V)
     top, tokens = logits.max(-1)
     best = top - logits.logsumexp(-1)  # the argmax token's log-probability; no log-softmax is kept
     scores = (best * tgt_mask).sum(1) / lengths
