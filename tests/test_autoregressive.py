@@ -108,7 +108,15 @@ def test_rerank_picks_the_candidate_the_teacher_scores_highest(trained_model, tr
     assert pipe.decode_ids(sources, cfg) == expected
     own = cand.scores.argmax(-1)
     assert (own != teacher.argmax(-1)).any(), "own score and teacher agree everywhere: the test shows nothing"
-    assert "reranker=" in pipe.describe(cfg)
+    assert "reranker=" in pipe.describe(cfg) and "lenpen" not in pipe.describe(cfg)
+    # lenpen, the teacher's beam-search rule, ranks the candidates: log p / length ** lenpen
+    lengths = torch.tensor([len(h) + 1 for h in ids], dtype=torch.float).view(-1, C)
+    long = pipe.decode_config(length_beam=3, noise_beam=3, selection="ar", lenpen=3.0)
+    favoured = [texts[b * C + int((teacher[b] / lengths[b] ** 2).argmax())] for b in range(len(sources))]
+    assert pipe.decode_ids(sources, long) == favoured and "lenpen=3 reranker=" in pipe.describe(long)
+    assert sum(map(len, favoured)) > sum(map(len, expected)), "longer outputs: the test shows nothing"
+    with pytest.raises(DifformerError, match="lenpen do not apply to a Difformer"):
+        pipe.decode_config(length_beam=3, noise_beam=3, lenpen=3.0)  # selection by its own score
 
 
 def test_init_from_copies_exactly_the_matching_tensors(trained_ar, tiny_data, tmp_path):

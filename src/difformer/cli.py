@@ -189,7 +189,7 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding (defaults come from the model's config)")
     g.add_argument("--beam", type=int, help="autoregressive model: beam size; 1 is greedy (4)")
     g.add_argument("--lenpen", type=float, help="autoregressive model: rank hypotheses by log-prob / "
-                   "length ** lenpen (1.0)")
+                   "length ** lenpen (1.0); a Difformer with --selection ar: the reranker ranks the candidates so")
     g.add_argument("--max-len-a", type=float, help="autoregressive model: at most a * source length + b "
                    "tokens (1.2)")
     g.add_argument("--max-len-b", type=int, help="autoregressive model: see --max-len-a (10)")

@@ -185,7 +185,7 @@ class DecodeConfig:
     max_tokens: int = 16000  # decoding batch size in target tokens, candidates included
     # autoregressive models (arch transformer) only
     beam: int = 4  # 1: greedy
-    lenpen: float = 1.0  # hypotheses ranked by log-prob / length ** lenpen, as fairseq
+    lenpen: float = 1.0  # hypotheses ranked by log-prob / length ** lenpen, as fairseq (also the reranker's)
     max_len_a: float = 1.2  # at most max_len_a * source length + max_len_b tokens (EOS included)
     max_len_b: int = 10
 

@@ -96,7 +96,7 @@ def decode_ids(model: Difformer | ARTransformer, schedule: Schedule | None, toke
             picks = mbr_select(texts)
         elif cfg.selection == "ar":
             with autocast(precision, device):
-                scores = rerank_scores(reranker, src, mask, ids, tokenizer)
+                scores = rerank_scores(reranker, src, mask, ids, tokenizer, cfg.lenpen)
             picks = scores.view(len(idx), C).argmax(-1).tolist()
         else:
             picks = cand.scores.argmax(-1).tolist()
@@ -106,8 +106,8 @@ def decode_ids(model: Difformer | ARTransformer, schedule: Schedule | None, toke
 
 
 def rerank_scores(reranker: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor, hyps: list[list[int]],
-                  tokenizer: Tokenizer, max_tokens: int = 8192) -> torch.Tensor:
-    """The reranker's length-normalised log-probability of each of the len(hyps) // B candidates of each
+                  tokenizer: Tokenizer, lenpen: float = 1.0, max_tokens: int = 8192) -> torch.Tensor:
+    """The reranker's log-probability / length ** lenpen of each of the len(hyps) // B candidates of each
     source row, in chunks of about `max_tokens` target tokens (its logits are rows x length x vocabulary)."""
     C = len(hyps) // src.shape[0]
     limit = reranker.cfg.max_positions
@@ -117,7 +117,7 @@ def rerank_scores(reranker: ARTransformer, src: torch.Tensor, src_mask: torch.Te
     for start in range(0, len(hyps), rows):
         part = torch.arange(start, min(start + rows, len(hyps)), device=src.device) // C
         scores.append(sequence_scores(reranker, src[part], src_mask[part], hyps[start:start + rows],
-                                      tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id))
+                                      tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, lenpen))
     return torch.cat(scores)
 
 
@@ -180,6 +180,8 @@ class Pipeline:
             raise DifformerError(f"unknown decoding option(s) {', '.join(sorted(unknown))}; "
                                  f"known: {', '.join(sorted(names))}")
         wrong = set(options) & (AR_OPTIONS if self.arch == "difformer" else DIFFUSION_OPTIONS)
+        if self.arch == "difformer" and options.get("selection", self.config.decode.selection) == "ar":
+            wrong.discard("lenpen")  # the teacher ranks a Difformer's candidates as its beam search would
         if wrong:
             kind = "a Difformer" if self.arch == "difformer" else "an autoregressive model"
             raise DifformerError(f"decoding option(s) {', '.join(sorted(wrong))} do not apply to {kind}")
@@ -196,7 +198,8 @@ class Pipeline:
         """The decoding report: how outputs were made, the reranker named where one chose them."""
         text = cfg.describe(self.arch)
         if self.arch == "difformer" and cfg.selection == "ar":
-            text += f" reranker={self.reranker.tokenizer.path.parent}"
+            text += (f" lenpen={cfg.lenpen:g}" if cfg.lenpen != 1 else "") + \
+                f" reranker={self.reranker.tokenizer.path.parent}"
         return text
 
     def encode(self, texts: list[str]) -> list[list[int]]:

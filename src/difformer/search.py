@@ -127,12 +127,13 @@ def _done(finished: list[tuple[float, list[int]]], best_live: float, k: int) -> 
 
 @torch.no_grad()
 def sequence_scores(model: ARTransformer, src: torch.Tensor, src_mask: torch.Tensor,
-                    hyps: list[list[int]], bos: int, eos: int, pad: int) -> torch.Tensor:
+                    hyps: list[list[int]], bos: int, eos: int, pad: int, lenpen: float = 1.0) -> torch.Tensor:
     """Length-normalised log-probability of each hypothesis (no BOS/EOS) given its source, by teacher
-    forcing: sum over y EOS of log p / (len(y) + 1). `src` rows pair with `hyps` one to one."""
+    forcing: sum over y EOS of log p / (len(y) + 1) ** lenpen, beam search's rule (lenpen > 1 favours
+    longer hypotheses, 0 ranks by the sum). `src` rows pair with `hyps` one to one."""
     limit = model.cfg.max_positions - 1
     tgt, mask = pad_batch([[bos] + h[:limit - 1] + [eos] for h in hyps], pad)
     tgt, mask = tgt.to(src.device), mask[:, 1:].to(src.device)
     logits = model(src, src_mask, tgt[:, :-1]).float()  # (rows, T, V); log p = logit - logsumexp, gathered
     token_logp = logits.gather(-1, tgt[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)
-    return (token_logp * mask).sum(1) / mask.sum(1)
+    return (token_logp * mask).sum(1) / mask.sum(1).float() ** lenpen
