@@ -10,6 +10,8 @@ on one machine: validation BLEU per update and per minute, and test2016 once per
                                                             # what the warm start owes each side of the teacher
     python bench/sweep.py --minutes 25 --tag epyc-25min --arms dropout-0-self-cond-0 dropout-0 self-cond-0
                                                             # a new machine: a new batch, its own control
+    python bench/sweep.py --minutes 120 --tag epyc-120min --arms init-teacher-inclusive
+                                                            # teacher (bench/teacher.py) + student = 120 min
     python bench/sweep.py --decoding MODEL [MODEL ...]      # the decoding levers, free at training time
     python bench/sweep.py --decoding MODEL --decodings default min-t-0.1   # some of them
 
@@ -42,6 +44,7 @@ from difformer.hub import WEIGHTS  # noqa: E402
 HERE = Path(__file__).parent
 NAME = "sweep"
 TEACHER = HERE / "work" / "teacher" / "runs" / "ar-25min" / "model"  # bench/teacher.py's, same tokenizer
+INCLUSIVE = "init-teacher-inclusive"
 # the teacher's tensors by side, for the ablation of the warm start: init_from copies what a directory holds
 TEACHER_PARTS = {"encoder": ("embed.", "enc_pos.", "encoder.", "enc_norm."),
                  "decoder": ("dec_pos.", "decoder.", "dec_norm.")}
@@ -69,6 +72,9 @@ ARMS = {
     # warm start from the autoregressive teacher of bench/teacher.py (25 minutes on the raw targets, same
     # tokenizer): its encoder and decoder layers, its source embedding factored into E and enc_in
     "init-teacher": [f"train.init_from={TEACHER}"],
+    # the same within the batch's budget: the student trains the batch's minutes less the teacher's, so that
+    # both it and the control spend the same CPU minutes (the teacher trained on this machine)
+    INCLUSIVE: [f"train.init_from={TEACHER}"],
     # the same, one side each: embedding, positions, layers and norm of the teacher's encoder, or of its decoder
     **{f"init-teacher-{part}": [f"train.init_from={TEACHER.parent.parent.parent / 'parts' / part}"]
        for part in TEACHER_PARTS},
@@ -109,6 +115,20 @@ def against_preset(config: dict) -> str:
                     value = "bench/work/" + value.split("/bench/work/", 1)[1]
                 changed.append(f"{section}.{key}={value}")
     return " ".join(changed) or "(preset)"
+
+
+def teacher_minutes() -> float:
+    """The training minutes of the teacher, which must have trained on this machine (its minutes are counted
+    into a budget measured here)."""
+    run = TEACHER.parent
+    if not (TEACHER / WEIGHTS).exists():
+        sys.exit(f"sweep: {INCLUSIVE} needs the teacher {TEACHER}: python bench/teacher.py --stop-after teacher")
+    trained_on = (run / "machine.txt").read_text().strip() if (run / "machine.txt").exists() else "an unknown machine"
+    if trained_on != machine():
+        sys.exit(f"sweep: {INCLUSIVE}: the teacher {TEACHER} trained on {trained_on}, this is {machine()}: its "
+                 "minutes do not count here; train it here (python bench/teacher.py --name teacher-<machine>)")
+    last = json.loads((run / "checkpoints" / "last.json").read_text())["checkpoint"]
+    return round(json.loads((run / "checkpoints" / last / "state.json").read_text())["state"]["seconds"] / 60, 2)
 
 
 def teacher_part(part: str) -> None:
@@ -182,7 +202,9 @@ def markdown(results: dict) -> str:
         for arm, r in sorted(arms.items(), key=lambda a: -a[1]["best_valid_bleu"]):
             best = max(r["valid"], key=lambda v: v["valid_bleu"])
             same = valid_at(r, at)
-            lines.append(f"| {arm} | {against_preset(r['config'])} | {r['train_minutes']} | {r['updates']} "
+            minutes = f"{r['train_minutes']} + {r['teacher_minutes']} teacher" if "teacher_minutes" in r \
+                else r["train_minutes"]
+            lines.append(f"| {arm} | {against_preset(r['config'])} | {minutes} | {r['updates']} "
                          f"| {same} | {best['valid_bleu']} ({best['update']}) | {r['valid'][-1]['valid_bleu']} | "
                          f"{r['test2016']} |")
         first = next(iter(arms.values()))
@@ -223,6 +245,8 @@ def against_control(batches: dict) -> list[str]:
 def also_differs(arm: str, r: dict, control: dict) -> str:
     """The settings in which an arm's run differs from its control's other than the arm's own overrides."""
     own = {o.split("=", 1)[0] for o in ARMS.get(arm, [])} | SETTINGS_OF_A_RUN
+    if "teacher_minutes" in r:  # its budget is the batch's less the teacher's
+        own |= {"train.max_minutes"}
     known = {f"{s}.{k}" for s, values in preset().items() for k in values}
     keys = [k for k in config_diff(control["config"], r["config"], ignore=own) if k in known]  # not since removed
     return ", ".join(f"{k} {_get(control['config'], k)} -> {_get(r['config'], k)}" for k in keys)
@@ -235,7 +259,8 @@ def _get(config: dict, key: str):
 
 def batch_settings(arm: str, r: dict) -> dict:
     """What every run of a batch shares: the machine, the training data, the budget and the --set overrides."""
-    return {"machine": r["machine"], "data": r["data"], "minutes": r["config"]["train"]["max_minutes"],
+    minutes = round(r["config"]["train"]["max_minutes"] + r.get("teacher_minutes", 0), 6)  # the teacher's counted
+    return {"machine": r["machine"], "data": r["data"], "minutes": minutes,
             "set": r.get("set", [o for o in r["overrides"] if o not in ARMS.get(arm, [])])}
 
 
@@ -282,16 +307,21 @@ def main() -> None:
         run = args.work / NAME / tag / arm
         if arm.removeprefix("init-teacher-") in TEACHER_PARTS:
             teacher_part(arm.removeprefix("init-teacher-"))
+        teacher = {"teacher_minutes": teacher_minutes()} if arm == INCLUSIVE else {}
+        minutes = round(args.minutes - teacher.get("teacher_minutes", 0), 6)
+        if minutes <= 0:
+            sys.exit(f"sweep: {arm}: the teacher trained {teacher['teacher_minutes']} minutes, the budget is "
+                     f"{args.minutes:g}")
         cfg = load_config("multi30k", [f"train.data={data}", f"train.save_dir={run}",
-                                       f"train.max_minutes={args.minutes}", *args.set, *ARMS[arm]])
-        print(f"{tag}/{arm}: training {args.minutes:g} minutes", flush=True)
+                                       f"train.max_minutes={minutes}", *args.set, *ARMS[arm]])
+        print(f"{tag}/{arm}: training {minutes:g} minutes", flush=True)
         train_time, started = train_run(cfg, run, f"{tag}/{arm}")
         record = training_record(run, train_time, started)
         record.pop("valid_bleu_curve")  # by minutes only; `valid` has updates and minutes
         valid = valid_curve(run)
         test = decode_test(run / "model", args.raw, ["1x1"])[0]
         config = yaml.safe_load((run / "config.yaml").read_text())  # as trained: the preset of its commit
-        batch[arm] = {**record, "overrides": args.set + ARMS[arm], "set": args.set, "config": config,
+        batch[arm] = {**record, **teacher, "overrides": args.set + ARMS[arm], "set": args.set, "config": config,
                       "data": str(data), "valid": valid,
                       "best_valid_bleu": max(v["valid_bleu"] for v in valid), "test2016": test["sacrebleu"]}
         save_results(NAME, results, markdown(results))

@@ -96,3 +96,39 @@ def test_teacher_keeps_one_machine_per_results_file_and_stops_where_asked(monkey
     monkeypatch.setattr(sys, "argv", ["teacher.py", "--name", "teacher-epyc", "--stop-after", "distill"])
     teacher.main()
     assert ran == ["ar-25min", "distill"]  # the students are left for later
+
+
+def test_the_inclusive_warm_start_trains_the_batch_budget_less_the_teacher_s_minutes(monkeypatch, tmp_path):
+    import json
+
+    sweep = _bench("sweep")
+    teacher = tmp_path / "runs" / "ar-25min"
+    (teacher / "model").mkdir(parents=True)
+    (teacher / "model" / "model.safetensors").write_bytes(b"")
+    (teacher / "checkpoints" / "update_0002164").mkdir(parents=True)
+    (teacher / "checkpoints" / "last.json").write_text(json.dumps({"checkpoint": "update_0002164"}))
+    (teacher / "checkpoints" / "update_0002164" / "state.json").write_text(json.dumps({"state": {"seconds": 1500.6}}))
+    (teacher / "machine.txt").write_text("Xeon, 2 cores")
+    control = {**_record(minutes=120.0), "overrides": []}
+    recorded = {"batches": {"b": {"control": control}}}
+    monkeypatch.setattr(sweep, "TEACHER", teacher / "model")
+    monkeypatch.setattr(sweep, "load_results", lambda name: recorded)
+    monkeypatch.setattr(sweep, "machine", lambda: "EPYC, 2 cores")
+    monkeypatch.setattr(sweep, "prepared", lambda *a: Path("/d"))
+    monkeypatch.setattr(sys, "argv", ["sweep.py", "--tag", "b", "--minutes", "120", "--arms", "init-teacher-inclusive"])
+    recorded["batches"]["b"]["control"]["machine"] = "EPYC, 2 cores"
+    with pytest.raises(SystemExit, match="trained on Xeon, 2 cores, this is EPYC, 2 cores: its minutes do not count"):
+        sweep.main()
+    (teacher / "machine.txt").write_text("EPYC, 2 cores")
+    budgets = []
+
+    def train_run(cfg, run, tag):
+        budgets.append(cfg.train.max_minutes)
+        raise SystemExit("stopped")
+
+    monkeypatch.setattr(sweep, "train_run", train_run)
+    with pytest.raises(SystemExit, match="stopped"):
+        sweep.main()
+    assert budgets == [pytest.approx(120 - 25.01)]
+    inclusive = {**_record(minutes=94.99, overrides=sweep.ARMS["init-teacher-inclusive"]), "teacher_minutes": 25.01}
+    assert sweep.batch_settings("init-teacher-inclusive", inclusive)["minutes"] == 120.0  # a run of the batch
