@@ -1,5 +1,6 @@
 """CPU speed of this code against an older commit, side by side in one run on one machine: Difformer decoding
-of Multi30k test2016 (20 steps, 1x1 and 7x3, fp32) and training target tokens/s of the `multi30k` preset.
+of Multi30k test2016 (20 steps, 1x1 and 7x3, fp32 or --precision) and training target tokens/s of the
+`multi30k` preset.
 
     git worktree add /tmp/old 32177a0
     python bench/speed.py --model bench/work/teacher/runs/difformer-distilled-25min/model --old /tmp/old
@@ -82,7 +83,8 @@ def worker(task: dict) -> dict:
     copy = Path(tempfile.mkdtemp()) / "model"
     shutil.copytree(model, copy)
     (copy / "config.json").write_text(json.dumps(raw))
-    pipe = load(copy, device="cpu", precision="fp32")
+    pipe = load(copy, device="cpu", precision=task["precision"])
+    precision = pipe.precision
     sources = (Path(task["data_raw"]) / "test.de").read_text(encoding="utf-8").splitlines()[: task["sentences"]]
     refs = (Path(task["data_raw"]) / "test.en").read_text(encoding="utf-8").splitlines()[: task["sentences"]]
     pipe.generate(sources[:20], **task["options"])  # warm-up
@@ -92,7 +94,7 @@ def worker(task: dict) -> dict:
     shutil.rmtree(copy.parent)
     return {"sentences": len(sources), "seconds": round(seconds, 2),
             "sentences_per_second": round(len(sources) / seconds, 2),
-            "sacrebleu": round(corpus_bleu(hyps, refs).score, 2), "dropped_config": dropped,
+            "sacrebleu": round(corpus_bleu(hyps, refs).score, 2), "dropped_config": dropped, "precision": precision,
             "threads": torch.get_num_threads()}
 
 
@@ -113,7 +115,8 @@ def tree_commit(tree: Path) -> str:
 
 def markdown(r: dict) -> str:
     lines = ["# CPU speed, old and new code side by side", "",
-             f"Old: {r['old_commit']}, new: {r['new_commit']}. Model: `{r['model']}` (fp32).", "",
+             f"Old: {r['old_commit']}, new: {r['new_commit']}. Model: `{r['model']}`; decoding precision "
+             f"{r.get('precision', 'fp32')}.", "",
              "| measurement | old | new | new / old | BLEU old | BLEU new |", "|---|---|---|---|---|---|"]
     for name, row in r["rows"].items():
         unit = "tok/s" if name == "train" else "sent/s"
@@ -121,7 +124,8 @@ def markdown(r: dict) -> str:
         o, n = row["old"][key], row["new"][key]
         bleu = ("-", "-") if name == "train" else (row["old"]["sacrebleu"], row["new"]["sacrebleu"])
         what = (f"training, {r['train_minutes']} min from scratch" if name == "train"
-                else f"decoding 20 steps {name}, {row['new']['sentences']} test2016 sentences")
+                else f"decoding 20 steps {name}, {row['new']['sentences']} test2016 sentences, "
+                f"{row['old'].get('precision', 'fp32')} / {row['new'].get('precision', 'fp32')}")
         lines.append(f"| {what} | {o} {unit} | {n} {unit} | {n / o:.2f}x | {bleu[0]} | {bleu[1]} |")
     lines += ["", f"Machine: {r['machine']}", f"Command: `{r['command']}` (at {r['commit']})", ""]
     return "\n".join(lines)
@@ -138,6 +142,8 @@ def main() -> None:
     p.add_argument("--sentences-7x3", type=int, default=200, help="7x3 is 21x the work: a prefix of test2016")
     p.add_argument("--train-minutes", type=float, default=2.0, help="0: skip the training measurement")
     p.add_argument("--name", default="speed")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="decoding precision; auto: what each tree's own rule picks on this machine")
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -146,7 +152,8 @@ def main() -> None:
         p.error("--model and --old are required")
     new = Path(__file__).resolve().parent.parent
     tasks = {name: {"kind": "decode", "model": str(args.model.resolve()), "data_raw": str(args.data.resolve()),
-                    "options": options, "sentences": 1000 if name == "1x1" else args.sentences_7x3}
+                    "options": options, "sentences": 1000 if name == "1x1" else args.sentences_7x3,
+                    "precision": args.precision}
              for name, options in DECODINGS.items()}
     if args.train_minutes:  # the new tree's preset, in full, for both
         tasks["train"] = {"kind": "train", "config": measure(new, {"kind": "preset"}),
@@ -158,7 +165,7 @@ def main() -> None:
             rows[name][label] = measure(tree, task)
             print(name, label, rows[name][label], flush=True)
     result = {"old_commit": tree_commit(args.old), "new_commit": tree_commit(new), "model": str(args.model),
-              "train_minutes": args.train_minutes, "rows": rows, "machine": machine(), "commit": commit(),
+              "train_minutes": args.train_minutes, "precision": args.precision, "rows": rows, "machine": machine(), "commit": commit(),
               "command": command()}
     save_results(args.name, result, markdown(result))
 
