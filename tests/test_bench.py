@@ -132,3 +132,10 @@ def test_the_inclusive_warm_start_trains_the_batch_budget_less_the_teacher_s_min
     assert budgets == [pytest.approx(120 - 25.01)]
     inclusive = {**_record(minutes=94.99, overrides=sweep.ARMS["init-teacher-inclusive"]), "teacher_minutes": 25.01}
     assert sweep.batch_settings("init-teacher-inclusive", inclusive)["minutes"] == 120.0  # a run of the batch
+
+
+def test_speed_leaves_out_the_config_keys_an_older_tree_does_not_know():
+    speed = _bench("speed")
+    raw = {"model": {"dropout": 0.0, "added_later": 3}, "decode": {"steps": 20}, "train": {"lr": 1e-3}}
+    assert speed.drop_unknown_keys(raw) == ["model.added_later=3"]
+    assert raw == {"model": {"dropout": 0.0}, "decode": {"steps": 20}, "train": {"lr": 1e-3}}
