@@ -164,7 +164,7 @@ def test_reader_closing_the_pipe_early_gives_exit_141_and_no_traceback(model_dir
     ("--steps", "100000", "decode.steps (100000) must be <= "),
     ("--seed", "-1", "decode.seed must be in [0, 2^63)"),
     ("--min-t", "1", "decode.min_t must be in [0, 1)"),
-    ("--min-t", "0.9999", "diffusion timesteps from T-1 down to min_t T = "),
+    ("--min-t", "0.9999", "diffusion timesteps from T-1 down to decode.min_t T = "),
 ])
 def test_bad_decoding_options_are_one_line(model_dir, capsys, option, value, words):
     assert main(["generate", "--model", str(model_dir), option, value]) == 2

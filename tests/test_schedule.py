@@ -72,7 +72,7 @@ def test_timesteps_are_evenly_spaced_from_T_minus_1_to_0():
     assert len(ts) == 20 and ts[0] == 1999 and ts[-1] == 200
     assert all(a > b for a, b in zip(ts, ts[1:]))
     assert s.timesteps_for(1800, min_t=0.1)[-1] == 200
-    with pytest.raises(DifformerError, match=r"decode\.steps \(1801\) must be <= 1800, .* min_t T = 200"):
+    with pytest.raises(DifformerError, match=r"decode\.steps \(1801\) must be <= 1800, .* decode\.min_t T = 200"):
         s.timesteps_for(1801, min_t=0.1)
 
 
