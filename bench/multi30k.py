@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import command, commit, load_results, machine, save_results, scored, split_text, timed  # noqa: E402
 
 from difformer.analyze import pyplot  # noqa: E402
-from difformer.checkpoint import RESUMABLE_CHANGES  # noqa: E402
+from difformer.checkpoint import RESUMABLE_CHANGES, read_last  # noqa: E402
 from difformer.config import Config, config_diff, load_config  # noqa: E402
 from difformer.data.prepare import prepare  # noqa: E402
 from difformer.errors import DifformerError  # noqa: E402
@@ -116,11 +116,16 @@ def run_record(run: Path, rows: list[dict], train_time: dict | None, started: di
             "results": rows}
 
 
+def last_state(run: Path) -> dict:
+    """The training state (update, seconds, tokens) of a run's last checkpoint."""
+    name = read_last(run / "checkpoints")
+    return json.loads((run / "checkpoints" / name / "state.json").read_text())["state"]
+
+
 def training_record(run: Path, train_time: dict | None, started: dict) -> dict:
     """What a finished training left: updates, time, speed, validation curve; `started`: the commit and
     machine it started with (train_run)."""
-    last = json.loads((run / "checkpoints" / "last.json").read_text())
-    state = json.loads((run / "checkpoints" / last["checkpoint"] / "state.json").read_text())["state"]
+    state = last_state(run)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     curve = [[round(r["seconds"] / 60, 2), round(r["valid_bleu"], 2)] for r in _with_seconds(log)]
     return {"updates": state["update"], "train_minutes": round(state["seconds"] / 60, 1),

@@ -165,8 +165,8 @@ def main() -> None:
             rows[name][label] = measure(tree, task)
             print(name, label, rows[name][label], flush=True)
     result = {"old_commit": tree_commit(args.old), "new_commit": tree_commit(new), "model": str(args.model),
-              "train_minutes": args.train_minutes, "precision": args.precision, "rows": rows, "machine": machine(), "commit": commit(),
-              "command": command()}
+              "train_minutes": args.train_minutes, "precision": args.precision, "rows": rows, "machine": machine(),
+              "commit": commit(), "command": command()}
     save_results(args.name, result, markdown(result))
 
 

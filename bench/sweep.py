@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import command, commit, load_results, machine, save_results, scored, split_text  # noqa: E402
-from multi30k import decode_test, prepared, train_run, training_record  # noqa: E402
+from multi30k import decode_test, last_state, prepared, train_run, training_record  # noqa: E402
 
 from difformer.config import config_diff, load_config  # noqa: E402
 from difformer.generate import load  # noqa: E402
@@ -123,12 +123,12 @@ def teacher_minutes() -> float:
     run = TEACHER.parent
     if not (TEACHER / WEIGHTS).exists():
         sys.exit(f"sweep: {INCLUSIVE} needs the teacher {TEACHER}: python bench/teacher.py --stop-after teacher")
-    trained_on = (run / "machine.txt").read_text().strip() if (run / "machine.txt").exists() else "an unknown machine"
+    stamp = run / "machine.txt"
+    trained_on = stamp.read_text().strip() if stamp.exists() else "an unknown machine"
     if trained_on != machine():
         sys.exit(f"sweep: {INCLUSIVE}: the teacher {TEACHER} trained on {trained_on}, this is {machine()}: its "
                  "minutes do not count here; train it here (python bench/teacher.py --name teacher-<machine>)")
-    last = json.loads((run / "checkpoints" / "last.json").read_text())["checkpoint"]
-    return round(json.loads((run / "checkpoints" / last / "state.json").read_text())["state"]["seconds"] / 60, 2)
+    return round(last_state(run)["seconds"] / 60, 2)
 
 
 def teacher_part(part: str) -> None:

@@ -24,7 +24,6 @@ import json
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import command, commit, load_results, machine, save_results, scored, split_text, timed  # noqa: E402
@@ -59,28 +58,25 @@ def decode_rows(model_dir: Path, data: Path, settings: dict[str, dict], reranker
     return rows
 
 
-def train_stage(save: Callable[[], None], results: dict, tag: str, preset: str, data: Path, work: Path,
-                minutes: float, test: Path, settings: dict, reranker: Path | None = None) -> None:
+def train_stage(tag: str, preset: str, data: Path, work: Path, minutes: float, test: Path, settings: dict,
+                reranker: Path | None = None) -> dict:
     run = work / "runs" / tag
     cfg = load_config(preset, [f"train.data={data}", f"train.save_dir={run}", f"train.max_minutes={minutes}"])
     train_time, started = train_run(cfg, run, tag)
-    record = {**training_record(run, train_time, started), "preset": preset, "data": str(data),
-              "results": decode_rows(run / "model", test, settings, reranker)}
-    results["runs"][tag] = record
-    save()
+    return {**training_record(run, train_time, started), "preset": preset, "data": str(data),
+            "results": decode_rows(run / "model", test, settings, reranker)}
 
 
-def distill_stage(save: Callable[[], None], results: dict, teacher: Path, data: Path, dest: Path) -> None:
+def distill_stage(teacher: Path, data: Path, dest: Path) -> dict:
     with timed() as t:
         info = distill(teacher, data, dest, beam=4, device="cpu", force=dest.exists())
     d = info["distilled"]
-    results["runs"]["distill"] = {
+    return {
         "teacher": str(teacher), "decoding": d["decoding"], "precision": d["precision"],
         "distill_minutes": round(d["seconds"] / 60, 1), "process_cpu_minutes": round(t["cpu"] / 60, 1),
         "pairs": info["splits"]["train"]["pairs"], "teacher_bleu_vs_train_references": d["teacher_bleu_vs_references"],
         "empty_outputs_kept_reference": d["empty_outputs_kept_reference"],
         "machine": machine(), "commit": commit(), "command": command()}
-    save()
 
 
 def check_machine(name: str, results: dict) -> None:
@@ -176,17 +172,15 @@ def main() -> None:
         sys.exit(f"the distilled targets were made by {recorded}, not by this run's teacher {teacher}: "
                  "run with the --minutes of that teacher, or remove the distill record and its directory")
     distilled = work / "multi30k-distilled"
-    stage = partial(train_stage, save, results)
-    stages = [(teacher_tag, partial(stage, teacher_tag, "multi30k-ar", data, work, args.minutes, args.data, AR)),
-              ("distill", partial(distill_stage, save, results, teacher, data, distilled)),
-              (f"difformer-distilled-{m}", partial(stage, f"difformer-distilled-{m}", "multi30k", distilled, work,
-                                                   args.minutes, args.data, DIFFUSION, teacher)),
-              (f"difformer-raw-{m}", partial(stage, f"difformer-raw-{m}", "multi30k", data, work, args.minutes,
-                                             args.data, DIFFUSION, teacher))]
+    student = partial(train_stage, preset="multi30k", work=work, test=args.data, settings=DIFFUSION, reranker=teacher)
+    stages = [(teacher_tag, partial(train_stage, teacher_tag, "multi30k-ar", data, work, args.minutes, args.data, AR)),
+              ("distill", partial(distill_stage, teacher, data, distilled)),
+              (f"difformer-distilled-{m}", partial(student, f"difformer-distilled-{m}", data=distilled,
+                                                   minutes=args.minutes)),
+              (f"difformer-raw-{m}", partial(student, f"difformer-raw-{m}", data=data, minutes=args.minutes))]
     if args.long:
         tag = f"difformer-distilled-{args.long:g}min"
-        stages.append((tag, partial(stage, tag, "multi30k", distilled, work, args.long, args.data, DIFFUSION,
-                                    teacher)))
+        stages.append((tag, partial(student, tag, data=distilled, minutes=args.long)))
     if args.stop_after:
         stages = stages[:2 if args.stop_after == "distill" else 1]
     if any(tag not in results["runs"] for tag, _ in stages):
@@ -196,7 +190,8 @@ def main() -> None:
             print(f"{tag}: recorded in results/{args.name}.json; skipped")
             continue
         print(f"{tag}: running", flush=True)
-        run()
+        results["runs"][tag] = run()
+        save()
     print(json.dumps({t: [r["sacrebleu"] for r in v.get("results", [])] for t, v in results["runs"].items()}))
 
 

@@ -83,11 +83,12 @@ def test_teacher_keeps_one_machine_per_results_file_and_stops_where_asked(monkey
     recorded = {"runs": {"ar-25min": {"machine": "Xeon, 2 cores"}}}
     monkeypatch.setattr(teacher, "load_results", lambda name: recorded if name == "teacher" else {})
     monkeypatch.setattr(teacher, "save_results", lambda *a: None)
+    monkeypatch.setattr(teacher, "markdown", lambda results: "")  # the stages below record nothing to show
     monkeypatch.setattr(teacher, "machine", lambda: "EPYC, 2 cores")
     monkeypatch.setattr(teacher, "prepared", lambda *a: tmp_path)
     ran = []
-    monkeypatch.setattr(teacher, "train_stage", lambda save, results, tag, *a: ran.append(tag))
-    monkeypatch.setattr(teacher, "distill_stage", lambda *a: ran.append("distill"))
+    monkeypatch.setattr(teacher, "train_stage", lambda tag, *a, **k: ran.append(tag) or {})
+    monkeypatch.setattr(teacher, "distill_stage", lambda *a: ran.append("distill") or {})
     monkeypatch.setattr(sys, "argv", ["teacher.py", "--stop-after", "distill"])
     with pytest.raises(SystemExit, match=r"results/teacher.json holds runs of Xeon, 2 cores, this is EPYC, 2 "
                                          r"cores: pass --name teacher-<this machine>"):

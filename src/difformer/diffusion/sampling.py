@@ -55,13 +55,13 @@ def denoise_loop(model: Difformer, sampler: Scheduler, cross_kv: list[torch.Tens
         z0_hat = model.denoise(z, p, time, tgt_mask, None, src_mask, cross_kv).float()
         if trace is not None:
             trace.append(z0_hat)
-        # clamp: the next step starts from the argmax words' embeddings; the output stays the network's
-        # z0_hat (rounding an embedding again can pick another word, and its score would be E's geometry)
-        clamped = model.embed_target(word_logits(model, z0_hat).argmax(-1)).float() if cfg.clamp else z0_hat
         if i + 1 < last:
+            # clamp: the next step starts from the argmax words' embeddings; the output stays the network's
+            # z0_hat (rounding an embedding again can pick another word, and its score would be E's geometry)
+            clamped = model.embed_target(word_logits(model, z0_hat).argmax(-1)).float() if cfg.clamp else z0_hat
             fresh = gaussian(keys, i + 1, lengths, shape) if sampler.needs_noise(i) else None
             z = sampler.step(i, clamped, z, fresh)
-        p = clamped if self_condition else p
+            p = clamped if self_condition else p
     return z0_hat
 
 
