@@ -1,4 +1,6 @@
 """The command line: train, generate and evaluate end to end, and their errors."""
+import json
+import shutil
 import subprocess
 import sys
 
@@ -67,6 +69,15 @@ def test_evaluate_files_and_split(trained_model, tmp_path, tiny_data):
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().startswith("BLEU = ") and "60 sentences" in r.stderr.decode()
     assert len((tmp_path / "test.hyp").read_text().splitlines()) == 60
+    assert "warning" not in r.stderr.decode()
+    thinned = tmp_path / "thinned"  # a test split of an older prepare, which applied --max-len to it too
+    shutil.copytree(tiny_data, thinned)
+    info = json.loads((thinned / "dataset.json").read_text())
+    info["splits"]["test"]["dropped_long"] = 3
+    (thinned / "dataset.json").write_text(json.dumps(info))
+    r = run_cli("evaluate", "--model", trained_model, "--data", thinned, "--split", "test", "--steps", "5")
+    assert r.returncode == 0 and "test split lost 3 pairs and had 0 cut to --max-len: not the whole test set" \
+        in r.stderr.decode()
 
 
 def test_evaluate_and_generate_refuse_what_they_would_ignore_or_misread(trained_model, trained_ar, tiny_data,

@@ -93,6 +93,9 @@ def test_max_len_drops_or_truncates_and_counts(numbers, tmp_path, long):
     else:
         assert (s["dropped_long"], s["truncated"], s["pairs"]) == (0, n_long, 300)
         assert [data.src(i).tolist() for i in range(300)] == [a[:6] for a in ids[0]]
+    # valid (and test) are scored against their full references: never shortened, never thinned
+    valid, v = PairDataset(tmp_path / "out", "valid"), info["splits"]["valid"]
+    assert (v["pairs"], v["dropped_long"], v["truncated"]) == (20, 0, 0) and valid.src_lens.max() > 6
 
 
 def test_given_tokenizer_is_copied_and_used(numbers, tmp_path):

@@ -32,9 +32,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-size", type=int, default=8000, help="joint subword vocabulary size")
     p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type")
     p.add_argument("--tokenizer", help="reuse this sentencepiece .model instead of learning one")
-    p.add_argument("--max-len", type=int, help="maximum subword tokens per side (without BOS/EOS)")
+    p.add_argument("--max-len", type=int, help="maximum subword tokens per side of a training pair (without BOS/EOS); "
+                   "valid and test are kept whole")
     p.add_argument("--long", choices=["drop", "truncate"], default="drop",
-                   help="what --max-len does to a longer pair")
+                   help="what --max-len does to a longer training pair")
     p.add_argument("--lowercase", action="store_true", help="lowercase both sides before everything")
     p.add_argument("--force", action="store_true", help="replace an existing --destdir")
     p.add_argument("--seed", type=int, default=1, help="seed for the tokenizer's sentence sampling")
@@ -471,8 +472,8 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quickstart", help="generate a toy translation task, train a small Difformer on it, and score it",
         description="French number words -> English number words, generated locally (no download): "
-        "prepare, train configs/quickstart.yaml for at most --minutes on CPU, print a few examples and "
-        "the test BLEU on the last line.")
+        "prepare, train configs/quickstart.yaml for at most --minutes (on CUDA when present), print a few "
+        "examples and the test BLEU on the last line.")
     p.add_argument("--workdir", default="quickstart", help="where the corpus, data and run go")
     p.add_argument("--minutes", type=float, default=5.0, help="training wall-clock budget")
     p.add_argument("--seed", type=int, default=1)

@@ -61,4 +61,8 @@ def decode_split(model_dir: str, data_dir: str | None, split: str, precision: st
         write_atomic(Path(output), lambda p: p.write_text("".join(h + "\n" for h in hyps), encoding="utf-8"))
     info = (f"{split}: {len(hyps)} sentences in {seconds:.1f}s ({len(hyps) / max(seconds, 1e-9):.1f} "
             f"sentences/s); {pipe.describe(cfg)} precision={pipe.precision}")
+    stats = data.info["splits"][split]
+    if stats.get("dropped_long") or stats.get("truncated"):  # prepared before --max-len spared valid and test
+        info += (f"\nwarning: {data_dir}'s {split} split lost {stats.get('dropped_long', 0)} pairs and had "
+                 f"{stats.get('truncated', 0)} cut to --max-len: not the whole {split} set; prepare it again")
     return hyps, [refs], info

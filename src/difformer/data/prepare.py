@@ -25,7 +25,10 @@ def prepare(*, source_lang: str, target_lang: str, trainpref: str, validpref: st
             testpref: str | None = None, destdir: str, vocab_size: int = 8000, model_type: str = "bpe",
             tokenizer: str | None = None, max_len: int | None = None, long: str = "drop",
             lowercase: bool = False, force: bool = False, seed: int = 1) -> dict:
-    """Check the input, learn (or copy) the tokenizer, binarise every split; return dataset.json's content."""
+    """Check the input, learn (or copy) the tokenizer, binarise every split; return dataset.json's content.
+
+    `max_len` drops or truncates training pairs only: valid and test are kept whole, because they are
+    scored against their full references (a shortened test set is not the published one)."""
     dest = Path(destdir)
     _check_options(source_lang, target_lang, vocab_size, model_type, max_len, long)
     check_destination(dest, force)
@@ -70,6 +73,8 @@ def prepare(*, source_lang: str, target_lang: str, trainpref: str, validpref: st
 
 def _binarize(corpus: ParallelCorpus, tok: Tokenizer, tmp: Path, split: str, langs: tuple[str, str],
               max_len: int | None, long: str) -> dict:
+    if split != "train":  # scored against full references: never shortened, never thinned
+        max_len = None
     stats = binarize_split(corpus, tok, tmp, split, langs, max_len=max_len, long=long)
     if stats["pairs"] == 0:
         raise DifformerError(f"no {split} pairs left in {corpus.src} / {corpus.tgt} ({corpus.lines} lines, "
