@@ -148,6 +148,15 @@ def test_init_from_a_longer_model_takes_the_first_rows_of_its_position_tables(tr
     assert not {"enc_pos.weight", "dec_pos.weight"} & set(next(r for r in record if "init_from" in r)["not_copied"])
 
 
+@pytest.mark.parametrize("change", ["norm_first", "n_heads"])
+def test_init_from_refuses_layers_that_would_compute_another_function(trained_ar, tiny_data, tmp_path, change):
+    cfg = tiny_config(tiny_data, tmp_path / "warm", init_from=str(trained_ar))
+    setattr(cfg.model, change, {"norm_first": not cfg.model.norm_first, "n_heads": 2}[change])
+    with pytest.raises(DifformerError, match=rf"config.json has model.{change} .* \(ours .*\): its layers would"):
+        Trainer(cfg)
+    assert not (tmp_path / "warm").exists()
+
+
 @pytest.mark.parametrize("e", [16, 64])
 def test_init_from_a_teacher_factors_its_source_embedding_into_e_and_enc_in(trained_ar, tiny_data, tmp_path, e):
     """The copied encoder layers see the teacher's inputs as closely as e of d = 64 dimensions allow (the

@@ -89,3 +89,20 @@ def test_missing_files_are_named(model_dir, tmp_path):
         from_pretrained(model_dir)
     with pytest.raises(DifformerError, match="no such model directory"):
         from_pretrained(tmp_path / "nowhere")
+
+
+def test_a_model_of_lowercased_data_lowercases_its_inputs(model_dir):
+    """`prepare --lowercase` is recorded in the model's dataset.json; generate and serve read it, or the
+    model would meet cased subwords it never trained on."""
+    texts = ["RED Cat blue", "red cat blue"]
+    cased = difformer.load(model_dir)
+    assert cased.tokenize(texts)[0] != cased.tokenize(texts)[1]  # the test shows something
+    info = json.loads((model_dir / "dataset.json").read_text())
+    info["options"]["lowercase"] = True
+    (model_dir / "dataset.json").write_text(json.dumps(info))
+    lowered = difformer.load(model_dir)
+    assert lowered.tokenize(texts)[0] == lowered.tokenize(texts)[1] == cased.tokenize(texts)[1]
+    assert lowered.generate(texts[:1], seed=3) == cased.generate(texts[1:], seed=3)
+    (model_dir / "dataset.json").write_text("{")
+    with pytest.raises(DifformerError, match="dataset.json: not a dataset.json written by difformer prepare"):
+        difformer.load(model_dir)

@@ -19,7 +19,7 @@ from difformer.data.tokenizer import Tokenizer
 from difformer.diffusion.sampling import generate_candidates, word_logits
 from difformer.diffusion.schedule import Schedule
 from difformer.errors import DifformerError
-from difformer.hub import build_schedule, same_tokenizer
+from difformer.hub import build_schedule, lowercased, same_tokenizer
 from difformer.metrics import mbr_select
 from difformer.model.autoregressive import ARTransformer
 from difformer.model.difformer import Difformer
@@ -150,6 +150,7 @@ class Pipeline:
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device)
         self.truncated: list[int] = []  # indices of the inputs cut to max_positions by the last call
+        self.lowercase = lowercased(tokenizer.path.parent)  # inputs as `prepare` made the training data
         self.reranker = None
         if reranker is not None:
             self.set_reranker(reranker)
@@ -202,10 +203,14 @@ class Pipeline:
                 f" reranker={self.reranker.tokenizer.path.parent}"
         return text
 
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of inputs as the training data was made: stripped, lowercased if it was."""
+        return self.tokenizer.encode([t.strip().lower() if self.lowercase else t.strip() for t in texts])
+
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Tokenize inputs, cutting any longer than the model's positions (EOS needs one)."""
         limit = self.config.model.max_positions - 1
-        ids = self.tokenizer.encode([t.strip() for t in texts])
+        ids = self.tokenize(texts)
         self.truncated = [i for i, s in enumerate(ids) if len(s) > limit]
         return [s[:limit] for s in ids]
 

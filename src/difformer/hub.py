@@ -119,6 +119,18 @@ def from_pretrained(directory: str | Path) -> tuple[Difformer | ARTransformer, C
     return model.eval(), config, tokenizer
 
 
+def lowercased(directory: Path) -> bool:
+    """Whether the model's data was lowercased by `prepare --lowercase` (its dataset.json says): its inputs
+    must be too, or it meets cased words it never saw."""
+    path = directory / DATASET
+    if not path.is_file():
+        return False
+    try:
+        return bool(json.loads(path.read_text(encoding="utf-8")).get("options", {}).get("lowercase", False))
+    except (ValueError, AttributeError):
+        raise DifformerError(f"{path}: not a dataset.json written by difformer prepare") from None
+
+
 def init_from(model: torch.nn.Module, directory: str | Path, tokenizer: Path) -> tuple[list[str], list[str]]:
     """Copy into `model` every tensor of a model directory whose name and shape match; return the names
     copied and those left as initialised. A position table shorter than the directory's takes its first
@@ -129,12 +141,19 @@ def init_from(model: torch.nn.Module, directory: str | Path, tokenizer: Path) ->
     when narrower. The directory's tokenizer must be
     `tokenizer`, byte for byte: an embedding row means a word only in its own vocabulary."""
     directory = Path(directory)
-    for name in (WEIGHTS, TOKENIZER):
+    for name in (CONFIG, WEIGHTS, TOKENIZER):
         if not (directory / name).is_file():
             raise DifformerError(f"train.init_from: {directory} has no {name}; not a difformer model directory")
     if not same_tokenizer(directory / TOKENIZER, tokenizer):
         raise DifformerError(f"train.init_from: {directory / TOKENIZER} differs from the data's tokenizer "
                              f"{tokenizer}; warm starts need the same vocabulary")
+    theirs = read_config(directory / CONFIG).model
+    # same names and shapes, another function: a LayerNorm before or after the sublayer, d split into other heads
+    differ = [f"model.{k} {getattr(theirs, k)} (ours {getattr(model.cfg, k)})" for k in ("norm_first", "n_heads")
+              if getattr(theirs, k) != getattr(model.cfg, k)]
+    if differ:
+        raise DifformerError(f"train.init_from: {directory / CONFIG} has {', '.join(differ)}: its layers would be "
+                             "copied into layers that compute something else; train with the same values")
     source = load_weights(directory / WEIGHTS)
     own = model.state_dict()
     copied = [k for k, v in own.items() if k in source and source[k].shape == v.shape]
@@ -148,7 +167,7 @@ def init_from(model: torch.nn.Module, directory: str | Path, tokenizer: Path) ->
         copied += shorter
         table = source.get("embed.weight")
         if (isinstance(model, Difformer) and table is not None
-                and read_config(directory / CONFIG).model.arch == "transformer"
+                and theirs.arch == "transformer"
                 and table.shape == (model.embed.num_embeddings, model.enc_in.out_features)
                 and model.embed.embedding_dim <= table.shape[1]):
             # the teacher feeds its encoder sqrt(d) * table[x]; ours enc_in(sqrt(e) * E[x]), e <= d; a table

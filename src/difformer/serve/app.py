@@ -126,7 +126,7 @@ def make_app(pipe: Pipeline, max_batch_tokens: int = 8192, max_wait_ms: float = 
         return cfg
 
     def encode(texts: list[str]) -> list[list[int]]:
-        sources = pipe.tokenizer.encode([t.strip() for t in texts])
+        sources = pipe.tokenize(texts)
         for i, s in enumerate(sources):
             if len(s) > max_len:
                 raise ServeError(413, f"input {i} has {len(s)} tokens; this model takes at most {max_len}")
