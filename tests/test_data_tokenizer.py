@@ -71,6 +71,23 @@ def test_flat_encoding_equals_sentencepiece_on_any_text(m30k_tok, lines):
     assert flat.tolist() == list(chain.from_iterable(ids))
 
 
+@pytest.mark.parametrize("option", [{"allow_whitespace_only_pieces": True}, {"split_by_whitespace": False}])
+def test_a_given_tokenizer_whose_pieces_may_span_spaces_is_not_encoded_word_by_word(tmp_path, option):
+    """`prepare --tokenizer` accepts any sentencepiece model with our special ids: where pieces may be runs
+    of spaces or cross a space, a line's ids are not its words' ids end to end, and sentencepiece encodes."""
+    lines = ["a  b   c    d", "ab  ab   cd    cd", "a b c d"] * 50
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=30,
+                                   hard_vocab_limit=False, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False,
+                                   minloglevel=2, **option)
+    (tmp_path / "given.model").write_bytes(model.getvalue())
+    tok = Tokenizer(tmp_path / "given.model")
+    assert tok._words is None
+    flat, lens = tok.encode_flat(lines[:3])
+    assert flat.tolist() == list(chain.from_iterable(tok.encode(lines[:3])))
+
+
 def test_vocab_too_large_for_the_text_suggests_a_smaller_one(tmp_path):
     with pytest.raises(DifformerError, match=r"too large .*at most \d+ .*smaller --vocab-size"):
         Tokenizer.train(["a b c", "abc cab"] * 10, tmp_path / "t", vocab_size=8000)

@@ -150,7 +150,8 @@ def _words_independent(sp: spm.SentencePieceProcessor) -> bool:
     m.ParseFromString(sp.serialized_model_proto())
     norm, spec = m.normalizer_spec, m.trainer_spec
     return (spec.model_type == pb.TrainerSpec.BPE and norm.name == "identity" and norm.add_dummy_prefix
-            and not norm.remove_extra_whitespaces and spec.split_by_whitespace
+            and not norm.remove_extra_whitespaces and norm.escape_whitespaces and spec.split_by_whitespace
+            and not spec.allow_whitespace_only_pieces
             and not spec.treat_whitespace_as_suffix and not spec.user_defined_symbols
             and sp.id_to_piece(sp.piece_to_id("\u2581")) == "\u2581")
 
