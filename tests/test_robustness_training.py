@@ -121,6 +121,8 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_parameter
     start_update = resumed[0]["update"]
     assert resumed[0]["resumed_from"] == f"update_{start_update:07d}" and start_update % EVERY == 0
     assert 0 <= killed_at - start_update <= EVERY  # only the updates since the last checkpoint are redone
+    trained = [r["update"] for r in log_records(run) if "tokens_per_second" in r]  # log_every 1
+    assert trained == list(range(1, UPDATES + 1))  # each once: the killed run's records after the checkpoint went
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -159,6 +159,30 @@ def test_valid_metric_chooses_the_checkpoints(tiny_data, tmp_path, monkeypatch, 
     assert all(torch.equal(kept[k], final[k]) for k in kept)
 
 
+def test_resuming_an_older_checkpoint_ranks_only_the_checkpoints_still_there(tiny_data, tmp_path, monkeypatch):
+    """What the damage message suggests (point last.json at an older checkpoint): that checkpoint's ranking
+    names update 2, deleted when update 6 entered the best two; the final average must not need it."""
+    scripted = iter([{"valid_loss": 1.0, "valid_bleu": b} for b in (12.0, 14.0, 13.0, 0.0)])  # 0: the average
+    monkeypatch.setattr(Trainer, "validate", lambda self: next(scripted))
+    run = tmp_path / "r"
+    train(tiny_config(tiny_data, run, max_updates=6, validate_every=2, keep_best=2))
+    assert not (run / "checkpoints" / "update_0000002").exists()
+    (run / "checkpoints" / "last.json").write_text(json.dumps({"checkpoint": "update_0000004"}))
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"valid_loss": 1.0, "valid_bleu": 0.0})
+    train(tiny_config(tiny_data, run, max_updates=4, validate_every=2, keep_best=2), resume=True)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["final"]["model"] == "update_0000004"
+
+
+def test_a_fresh_start_drops_the_log_of_a_run_killed_before_its_first_checkpoint(tiny_data, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"update": 0, "epoch": 0, "config": {}}\n{"update": 5, "lo')  # killed mid-line
+    train(tiny_config(tiny_data, run, max_updates=2, validate_every=2))
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[0]["update"] == 0 and all(r.get("update") != 5 for r in log)
+
+
 def test_validation_decodes_one_candidate_whatever_the_preset_selects(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, tmp_path / "r")
     cfg.decode.selection = "ar"  # a preset decoding 7x3 reranked by a teacher: validation has no teacher

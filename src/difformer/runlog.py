@@ -4,7 +4,6 @@ bar. Under torchrun only rank 0 writes; the others' RunLog does nothing.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from difformer.errors import DifformerError
+from difformer.files import write_atomic
 
 
 class RunLog:
@@ -58,17 +58,25 @@ class RunLog:
             self._bar.close()
             self._bar = None
 
-    def end_at_a_full_line(self) -> None:
-        """Cut a line a killed run left half-written at the end of log.jsonl, so every line stays JSON."""
-        if not self.enabled or not self.path.is_file() or self.path.stat().st_size == 0:
+    def resume_at(self, update: int) -> None:
+        """Keep the records of updates up to `update`, the checkpoint a resumed run continues from: a killed
+        run may have logged updates (and a validation) after it, which the resumed run does again, and a
+        half-written last line. Every update then has its records once, as in an uninterrupted run."""
+        if not self.enabled or not self.path.is_file():
             return
-        with open(self.path, "rb+") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - (1 << 20)))
-            tail = f.read()
-            if not tail.endswith(b"\n"):
-                cut = tail.rfind(b"\n")
-                f.truncate(size - len(tail) + cut + 1 if cut >= 0 or size <= len(tail) else size)
+        kept = []
+        # the last piece is "" after the final newline, or the line a kill cut short
+        for line in self.path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]:
+            try:
+                if json.loads(line)["update"] <= update:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                raise DifformerError(f"{self.path}: a line is not a log record ({line[:60]!r}); move the "
+                                     "file aside to resume") from None
+        try:
+            write_atomic(self.path, lambda p: p.write_text("".join(kept), encoding="utf-8"))
+        except OSError as e:
+            raise DifformerError(f"{self.path}: cannot write ({e.strerror or e}); the checkpoints are intact") from None
 
 
 class Window:

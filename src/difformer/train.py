@@ -154,6 +154,7 @@ class Trainer:
         except OSError as e:
             raise DifformerError(f"{self.save_dir}: cannot write there ({e.strerror})") from None
         checkpoint.remove_partial_writes(self.ckpt_dir)  # of a run killed before its first checkpoint
+        self.log.path.unlink(missing_ok=True)  # its log too: a new run's records must not follow a half line
         save_config(self.cfg, self.save_dir / "config.yaml")
 
     def _resume(self) -> None:
@@ -167,8 +168,11 @@ class Trainer:
                 self.timesteps.load(self.state.time_mean_square)
             except ValueError as e:
                 raise DifformerError(f"{self.ckpt_dir / name / 'state.json'}: damaged checkpoint ({e})") from None
+        # a checkpoint older than the last (last.json pointed back at it after damage) may rank checkpoints
+        # deleted since: the best are those still there
+        self.state.best = [b for b in self.state.best if (self.ckpt_dir / b[1]).is_dir()]
         if self.ranks.main:
-            self.log.end_at_a_full_line()
+            self.log.resume_at(self.state.update)
             write_atomic(self.save_dir / "config.yaml", lambda p: save_config(self.cfg, p))
         self._log({"resumed_from": name})
 
