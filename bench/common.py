@@ -76,8 +76,12 @@ def timed():
 
 
 def split_text(data: Path, split: str, src: str = "de", tgt: str = "en") -> tuple[list[str], list[str]]:
-    """The (sources, references) of a raw corpus split: data/split.src and data/split.tgt, a line each."""
-    return tuple((data / f"{split}.{lang}").read_text(encoding="utf-8").splitlines() for lang in (src, tgt))
+    """The (sources, references) of a raw corpus split: data/split.src and data/split.tgt, a line each, split
+    as `prepare` splits them (at LF only: str.splitlines would also split at U+2028 and the like, and
+    misalign the pairs)."""
+    from difformer.data.corpus import read_lines
+
+    return tuple(list(read_lines(data / f"{split}.{lang}")) for lang in (src, tgt))
 
 
 def scored(pipe, sources: list[str], refs: list[str], **options):

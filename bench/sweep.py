@@ -158,8 +158,12 @@ def valid_curve(run: Path) -> list[dict]:
 
 
 def common_update(runs) -> int | None:
-    """The last update at which every run validated: where they compare per update."""
-    return max(set.intersection(*({v["update"] for v in r["valid"]} for r in runs)), default=None)
+    """The last update at which every run validated: where they compare per update. A warm-started run
+    within the budget (INCLUSIVE) is left out: its updates come after the teacher's minutes, so at equal
+    updates it has spent more, and its fewer updates would move every other run's column back."""
+    counted = [r for r in runs if "teacher_minutes" not in r]
+    return max(set.intersection(*({v["update"] for v in r["valid"]} for r in counted)), default=None) \
+        if counted else None
 
 
 def valid_at(run: dict, update: int | None) -> float | str:
@@ -201,7 +205,7 @@ def markdown(results: dict) -> str:
                   "BLEU (update) | last valid BLEU | test2016 1x1 |", "|---|---|---|---|---|---|---|---|"]
         for arm, r in sorted(arms.items(), key=lambda a: -a[1]["best_valid_bleu"]):
             best = max(r["valid"], key=lambda v: v["valid_bleu"])
-            same = valid_at(r, at)
+            same = "- (after the teacher's minutes)" if "teacher_minutes" in r else valid_at(r, at)
             minutes = f"{r['train_minutes']} + {r['teacher_minutes']} teacher" if "teacher_minutes" in r \
                 else r["train_minutes"]
             lines.append(f"| {arm} | {against_preset(r['config'])} | {minutes} | {r['updates']} "
@@ -236,7 +240,8 @@ def against_control(batches: dict) -> list[str]:
     for arm, tag, r, c in sorted(rows, key=lambda x: x[0]):
         at = common_update([r, c])
         same = [valid_at(x, at) for x in (r, c)]
-        at_update = "-" if at is None else f"{same[0] - same[1]:+.2f} (update {at})"
+        at_update = "- (after the teacher's minutes)" if "teacher_minutes" in r else \
+            "-" if at is None else f"{same[0] - same[1]:+.2f} (update {at})"
         lines.append(f"| {arm} | {tag} | {at_update} | {r['best_valid_bleu'] - c['best_valid_bleu']:+.2f} | "
                      f"{r['test2016'] - c['test2016']:+.2f} | {also_differs(arm, r, c) or '-'} |")
     return lines + [""]

@@ -135,8 +135,36 @@ def test_the_inclusive_warm_start_trains_the_batch_budget_less_the_teacher_s_min
     assert sweep.batch_settings("init-teacher-inclusive", inclusive)["minutes"] == 120.0  # a run of the batch
 
 
+def test_the_inclusive_warm_start_is_not_compared_per_update(monkeypatch):
+    """Its updates come after the teacher's minutes: it must not move the batch's per-update column back to
+    its own last update, nor be compared with the control at an equal update."""
+    sweep = _bench("sweep")
+
+    def run(updates, bleus, **extra):
+        return {**_record(minutes=120.0), "train_minutes": 120.0, "updates": updates[-1], "test2016": bleus[-1],
+                "best_valid_bleu": max(bleus), "command": "c", "commit": "k", **extra,
+                "valid": [{"update": u, "minutes": 0, "valid_bleu": b} for u, b in zip(updates, bleus)]}
+
+    control = run([250, 500, 750], [1.0, 2.0, 3.0])
+    inclusive = run([250, 500], [20.0, 30.0], teacher_minutes=25.0)
+    inclusive["overrides"] = sweep.ARMS["init-teacher-inclusive"]
+    table = sweep.markdown({"batches": {"b": {"control": control, "init-teacher-inclusive": inclusive}}})
+    assert "valid BLEU at update 750 " in table
+    assert "| init-teacher-inclusive | (preset) | 120.0 + 25.0 teacher | 500 | - (after the teacher's minutes) | " \
+           "30.0 (500) | 30.0 | 30.0 |" in table
+    assert "| init-teacher-inclusive | b | - (after the teacher's minutes) | +27.00 | +27.00 | - |" in table
+
+
 def test_speed_leaves_out_the_config_keys_an_older_tree_does_not_know():
     speed = _bench("speed")
     raw = {"model": {"dropout": 0.0, "added_later": 3}, "decode": {"steps": 20}, "train": {"lr": 1e-3}}
     assert speed.drop_unknown_keys(raw) == ["model.added_later=3"]
     assert raw == {"model": {"dropout": 0.0}, "decode": {"steps": 20}, "train": {"lr": 1e-3}}
+
+
+def test_bench_reads_a_split_as_prepare_does(tmp_path):
+    """At LF only: a U+2028 or form feed inside a sentence must not shift every later pair."""
+    common = _bench("common")
+    (tmp_path / "test.de").write_text("a\u2028b\x0cc\r\nzwei\n", encoding="utf-8")
+    (tmp_path / "test.en").write_text("\ufeffone\ntwo\n", encoding="utf-8")
+    assert common.split_text(tmp_path, "test") == (["a\u2028b\x0cc", "zwei"], ["one", "two"])
