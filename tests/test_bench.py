@@ -131,6 +131,11 @@ def test_the_inclusive_warm_start_trains_the_batch_budget_less_the_teacher_s_min
     with pytest.raises(SystemExit, match="stopped"):
         sweep.main()
     assert budgets == [pytest.approx(120 - 25.01)]
+    monkeypatch.setattr(sys, "argv", ["sweep.py", "--tag", "b", "--minutes", "120", "--arms",
+                                      "init-teacher-inclusive-dropout-0.1"])
+    with pytest.raises(SystemExit, match="stopped"):
+        sweep.main()
+    assert budgets == [pytest.approx(120 - 25.01)] * 2
     inclusive = {**_record(minutes=94.99, overrides=sweep.ARMS["init-teacher-inclusive"]), "teacher_minutes": 25.01}
     assert sweep.batch_settings("init-teacher-inclusive", inclusive)["minutes"] == 120.0  # a run of the batch
 
