@@ -80,7 +80,7 @@ def test_lowercase_and_escapes(tmp_path):
 
 @pytest.mark.parametrize("long", ["drop", "truncate"])
 def test_max_len_drops_or_truncates_and_counts(numbers, tmp_path, long):
-    info = run(numbers, tmp_path / "out", max_len=6, long=long)
+    info = run(numbers, tmp_path / "out", max_len=6, long=long, validpref=str(numbers / "valid"))
     s = info["splits"]["train"]
     data = PairDataset(tmp_path / "out", "train")
     tok = Tokenizer(tmp_path / "out" / "tokenizer.model")
