@@ -14,6 +14,7 @@ on one machine: validation BLEU per update and per minute, and test2016 once per
                                                             # teacher (bench/teacher.py) + student = 120 min
     python bench/sweep.py --decoding MODEL [MODEL ...]      # the decoding levers, free at training time
     python bench/sweep.py --decoding MODEL --decodings default min-t-0.1   # some of them
+    python bench/sweep.py --report                          # results/sweep.md again from sweep.json
 
 Arms are chosen on validation BLEU (the best of the run, and at the last validation); test2016 (1x1) is
 decoded once per run and reported beside, never used to choose. Resumable: a finished run is recorded in
@@ -298,9 +299,12 @@ def main() -> None:
                    help="instead of training: decode valid and test2016 with each of the decoding levers")
     p.add_argument("--decodings", nargs="+", default=list(DECODINGS), choices=list(DECODINGS),
                    help="with --decoding: which levers (default: all)")
+    p.add_argument("--report", action="store_true", help="rewrite results/sweep.md from sweep.json only")
     args = p.parse_args()
     tag = args.tag or f"proxy-{args.minutes:g}min"
     results = load_results(NAME)
+    if args.report:
+        return save_results(NAME, results, markdown(results))
     if args.decoding:
         return decoding_levers(args.decoding, args.decodings, args.raw, results)
     batch = results.setdefault("batches", {}).setdefault(tag, {})
