@@ -154,7 +154,10 @@ class Trainer:
         except OSError as e:
             raise DifformerError(f"{self.save_dir}: cannot write there ({e.strerror})") from None
         checkpoint.remove_partial_writes(self.ckpt_dir)  # of a run killed before its first checkpoint
-        self.log.path.unlink(missing_ok=True)  # its log too: a new run's records must not follow a half line
+        try:  # its log too: a new run's records must not follow a half line
+            self.log.path.unlink(missing_ok=True)
+        except OSError as e:
+            raise DifformerError(f"{self.log.path}: cannot write ({e.strerror or e})") from None
         save_config(self.cfg, self.save_dir / "config.yaml")
 
     def _resume(self) -> None:
