@@ -161,6 +161,9 @@ def valid_curve(run: Path) -> list[dict]:
     return out
 
 
+AFTER_TEACHER = "- (after the teacher's minutes)"  # an inclusive run's cell where runs compare per update
+
+
 def common_update(runs) -> int | None:
     """The last update at which every run validated: where they compare per update. A warm-started run
     within the budget (INCLUSIVE) is left out: its updates come after the teacher's minutes, so at equal
@@ -209,7 +212,7 @@ def markdown(results: dict) -> str:
                   "BLEU (update) | last valid BLEU | test2016 1x1 |", "|---|---|---|---|---|---|---|---|"]
         for arm, r in sorted(arms.items(), key=lambda a: -a[1]["best_valid_bleu"]):
             best = max(r["valid"], key=lambda v: v["valid_bleu"])
-            same = "- (after the teacher's minutes)" if "teacher_minutes" in r else valid_at(r, at)
+            same = AFTER_TEACHER if "teacher_minutes" in r else valid_at(r, at)
             minutes = f"{r['train_minutes']} + {r['teacher_minutes']} teacher" if "teacher_minutes" in r \
                 else r["train_minutes"]
             lines.append(f"| {arm} | {against_preset(r['config'])} | {minutes} | {r['updates']} "
@@ -244,7 +247,7 @@ def against_control(batches: dict) -> list[str]:
     for arm, tag, r, c in sorted(rows, key=lambda x: x[0]):
         at = common_update([r, c])
         same = [valid_at(x, at) for x in (r, c)]
-        at_update = "- (after the teacher's minutes)" if "teacher_minutes" in r else \
+        at_update = AFTER_TEACHER if "teacher_minutes" in r else \
             "-" if at is None else f"{same[0] - same[1]:+.2f} (update {at})"
         lines.append(f"| {arm} | {tag} | {at_update} | {r['best_valid_bleu'] - c['best_valid_bleu']:+.2f} | "
                      f"{r['test2016'] - c['test2016']:+.2f} | {also_differs(arm, r, c) or '-'} |")
