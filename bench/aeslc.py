@@ -7,13 +7,14 @@ three per email), next to the lead baseline (the email's first words).
     python bench/aeslc.py --tag lr1e-3 train.lr=1e-3   # an experiment, recorded under its tag
     python bench/aeslc.py --config aeslc --tag src62-25min   # the `aeslc` preset
     python bench/aeslc.py --config aeslc --tag warm-ar-src62-25min \
-        train.init_from=bench/work/aeslc-teacher/runs/ar-25min/model   # warm-started from the side by side's teacher
+        train.init_from=bench/work/aeslc-side-epyc/runs/ar-25min/model   # warm-started from a side by side's teacher
     python bench/aeslc.py --config aeslc --tag warm-ar-distilled-src62-25min \
-        --train-data bench/work/aeslc-teacher/aeslc-distilled train.init_from=...   # on the teacher's subjects
-    python bench/aeslc.py --side-by-side           # the `aeslc-ar` teacher, distillation, and the `aeslc`
-                                                   # Difformer on raw and distilled subjects, in one run
-    python bench/aeslc.py --valid-decodings TAG    # decoding variants of a recorded run's model on valid
-                                                   # (one reranked by the side by side's teacher)
+        --train-data bench/work/aeslc-side-epyc/aeslc-distilled train.init_from=...   # on the teacher's subjects
+    python bench/aeslc.py --side-by-side --batch epyc   # the `aeslc-ar` teacher, distillation, and the
+                                                   # `aeslc` Difformer on raw and distilled subjects, in one run
+    python bench/aeslc.py --side-by-side --batch epyc --stages ar,distill,warm-raw,warm-distilled
+    python bench/aeslc.py --valid-decodings TAG --batch epyc   # decoding variants of a recorded run's model
+                                                   # on valid (one reranked by that batch's teacher)
 
 Emails are cut to the model's positions in training and decoding (62 subwords for the `aeslc` preset's 64,
 126 for `aeslc-ar`'s 128); each cut has its own prepared copy, work/aeslc-<subwords>, except in the side by
@@ -21,12 +22,14 @@ side, where all train on the teacher's and the Difformer's batches cut further. 
 Resumable: a finished run is recorded in results/aeslc.json and skipped next time; a killed run continues
 from its last checkpoint. One training at a time: two on 2 cores distort both.
 
---side-by-side runs its stages in order, each recorded in results/aeslc.json when done and skipped next
-time: ar-25min (`aeslc-ar`, beam 4), distill (the training emails decoded by it, beam 4), then the
-`aeslc` Difformer on raw and on distilled subjects, from scratch (difformer-raw-25min,
-difformer-distilled-25min) and warm-started from the teacher (difformer-warm-raw-25min,
-difformer-warm-distilled-25min); each decodes 1x1 and 7x3 reranked by the teacher. A stage's minutes
-with the teacher's (its targets or its weights) and the distillation's are reported beside its own.
+--side-by-side runs the stages of one batch (`--batch NAME`: one machine; its models in work/aeslc-side-NAME)
+in order, each recorded in results/aeslc.json when done and skipped next time: ar (`aeslc-ar` for
+--minutes, beam 4), distill (the training emails decoded by it, beam 4), then the `aeslc` Difformer on raw
+and on distilled subjects, from scratch (raw, distilled) and warm-started from the teacher (warm-raw,
+warm-distilled). Each Difformer decodes 1x1 and 7x3 reranked by the teacher, the rerank's length penalty
+(1 or 2) chosen on the first 400 valid emails. `--stages` runs some of them (default: all). A stage's
+minutes with the teacher's (its targets or its weights) and the distillation's are reported beside its own.
+A batch refuses a stage on another machine than its recorded ones: its rows are compared with each other.
 """
 from __future__ import annotations
 
@@ -126,16 +129,20 @@ def markdown(results: dict) -> str:
 
 
 def side_by_side_markdown(results: dict) -> list[str]:
-    side = results.get("side_by_side", {})
-    if not side:
-        return []
+    lines = []
+    for batch, side in results.get("side_by_side", {}).items():
+        lines += batch_markdown(batch, side, results)
+    return lines
+
+
+def batch_markdown(batch: str, side: dict, results: dict) -> list[str]:
     teacher = next((r["train_minutes"] for t, r in side.items() if t.startswith("ar-")), 0)
     dist = side.get("distill", {}).get("distill_minutes", 0)
     ref = results["reference_words"]
-    lines = ["", "## Side by side: the teacher, distillation and the Difformer "
-             "(`python bench/aeslc.py --side-by-side`)",
-             "", f"Reference subjects average {ref['original']} words (original) and {ref['annotations']} "
-             "(annotations).", "",
+    lines = ["", f"## Side by side `{batch}`: the teacher, distillation and the Difformer "
+             f"(`python bench/aeslc.py --side-by-side --batch {batch}`)",
+             "", f"Machine: {next(iter(side.values()))['machine']}. Reference subjects average {ref['original']} "
+             f"words (original) and {ref['annotations']} (annotations).", "",
              "| system | min (with teacher + distillation) | updates | decoding | R-1 / R-2 / R-L original | "
              "R-1 / R-2 / R-L annotations | output words | emails/s |", "|---|---|---|---|---|---|---|---|"]
     if "lead" in results:
@@ -156,10 +163,17 @@ def side_by_side_markdown(results: dict) -> list[str]:
         lines += ["", f"Distillation: {d['pairs']:,} training emails decoded by the teacher ({d['decoding']}) in "
                   f"{d['distill_minutes']} minutes; teacher BLEU against the training subjects "
                   f"{d['teacher_bleu_vs_train_references']}."]
+    chosen = {t: r["rerank_on_valid"] for t, r in side.items() if "rerank_on_valid" in r}
+    if chosen:
+        lines += ["", f"The rerank's length penalty, chosen on the first {next(iter(chosen.values()))['emails']} "
+                  "valid emails by ROUGE-L against the original subjects (R-1 / R-2 / R-L, output words):", ""]
+        lines += [f"- {t}: " + "; ".join(f"lenpen {k} {_r(v['rouge']['original'])}, {v['output_words']} words"
+                                         for k, v in c["lenpen"].items()) + f" -> **{c['chosen']:g}**"
+                  for t, c in chosen.items()]
     for tag, r in side.items():
         if tag == "distill":
             continue
-        lines += ["", f"`{tag}` ({r['preset']}, commit {r['commit']}; {r['machine']}):", "",
+        lines += ["", f"`{tag}` ({r['preset']}, commit {r['commit']}; {r['machine']}; `{r['command']}`):", "",
                   "| email | subject | " + " | ".join(row["decoding"] for row in r["results"]) + " |",
                   "|---|---|" + "---|" * len(r["results"])]
         for i, e in enumerate(r["results"][0]["examples"]):
@@ -182,11 +196,6 @@ def _cell(text: str) -> str:
 
 def _r(s: dict) -> str:
     return f"{s['rouge1']} / {s['rouge2']} / {s['rougeL']}"
-
-
-SIDE_BY_SIDE_AR = {"beam 4": {"beam": 4}}
-SIDE_BY_SIDE_DIFFUSION = {"1x1": {"length_beam": 1, "noise_beam": 1},
-                          "7x3 teacher rerank": {"length_beam": 7, "noise_beam": 3, "selection": "ar"}}
 
 
 def words(lines: list[str]) -> float:
@@ -217,25 +226,51 @@ def decode_rows(model_dir: Path, emails: list[str], subjects: list[str], referen
     return rows
 
 
+STAGES = ("ar", "distill", "raw", "distilled", "warm-raw", "warm-distilled")
+RERANK_LENPENS = (1.0, 2.0)  # the reranked subjects were shorter than the references (2.4 words against 4.1)
+RERANK_VALID_EMAILS = 400  # the lenpen choice's valid emails: 7x3 reranked decodes ~2.5 emails/s here
+
+
+def batch_dir(work: Path, batch: str) -> Path:
+    return work / f"aeslc-side-{batch}"
+
+
+def stage_tag(stage: str, minutes: float) -> str:
+    return f"ar-{minutes:g}min" if stage == "ar" else "distill" if stage == "distill" else \
+        f"difformer-{stage}-{minutes:g}min"
+
+
 def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], subjects: list[str],
                  references: dict) -> None:
     # emails cut for the teacher's positions; the Difformer's batches cut them further to its own (collate)
     data = prepared(args.data, args.work, load_config("aeslc-ar").model.max_positions)
-    work = args.work / "aeslc-teacher"
-    teacher = work / "runs" / f"ar-{args.minutes:g}min" / "model"
-    side = results.setdefault("side_by_side", {})
+    work = batch_dir(args.work, args.batch)
+    teacher = work / "runs" / stage_tag("ar", args.minutes) / "model"
+    side = results.setdefault("side_by_side", {}).setdefault(args.batch, {})
     results["reference_words"] = {"original": words(subjects),
                                   "annotations": words([a for ann in references["annotations"] for a in ann])}
+    others = {r["machine"] for r in side.values()} - {machine()}
+    if others:
+        sys.exit(f"--batch {args.batch}: its stages ran on {', '.join(sorted(others))}, this is {machine()}; "
+                 "a batch is compared within one machine: name another batch")
+    valid = [text_lines(args.data / f"valid.{s}")[:RERANK_VALID_EMAILS] for s in ("src", "tgt")]
 
-    def train_stage(tag: str, preset: str, train_data: Path, settings: dict, reranker: Path | None,
-                    overrides: tuple[str, ...] = ()) -> None:
+    def train_stage(tag: str, preset: str, train_data: Path, overrides: tuple[str, ...] = ()) -> None:
         run = work / "runs" / tag
         cfg = load_config(preset, [f"train.data={train_data}", f"train.save_dir={run}",
                                    f"train.max_minutes={args.minutes}", *overrides])
         train_time, started = train_run(cfg, run, tag)
-        side[tag] = {**training_record(run, train_time, started), "preset": preset,
-                     "data": str(train_data), "overrides": list(overrides),
-                     "results": decode_rows(run / "model", emails, subjects, references, settings, reranker)}
+        record = {**training_record(run, train_time, started), "preset": preset, "data": str(train_data),
+                  "overrides": list(overrides)}
+        if preset == "aeslc-ar":
+            record["results"] = decode_rows(run / "model", emails, subjects, references, {"beam 4": {"beam": 4}})
+        else:
+            record["rerank_on_valid"], lenpen = rerank_lenpen(run / "model", teacher, *valid)
+            settings = {"1x1": {"length_beam": 1, "noise_beam": 1},
+                        f"7x3 teacher rerank lenpen {lenpen:g}": {"length_beam": 7, "noise_beam": 3,
+                                                                  "selection": "ar", "lenpen": lenpen}}
+            record["results"] = decode_rows(run / "model", emails, subjects, references, settings, teacher)
+        side[tag] = record
 
     def distill_stage() -> None:
         dest = work / "aeslc-distilled"
@@ -247,20 +282,38 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
                            "teacher_bleu_vs_train_references": d["teacher_bleu_vs_references"],
                            "machine": machine(), "commit": commit(), "command": command()}
 
-    m, distilled, warm = f"{args.minutes:g}min", work / "aeslc-distilled", (f"train.init_from={teacher}",)
-    stages = {f"ar-{m}": partial(train_stage, f"ar-{m}", "aeslc-ar", data, SIDE_BY_SIDE_AR, None),
-              "distill": distill_stage}
+    distilled, warm = work / "aeslc-distilled", (f"train.init_from={teacher}",)
+    stages = {"ar": partial(train_stage, stage_tag("ar", args.minutes), "aeslc-ar", data), "distill": distill_stage}
     for name, train_data, overrides in (("raw", data, ()), ("distilled", distilled, ()),
                                         ("warm-raw", data, warm), ("warm-distilled", distilled, warm)):
-        tag = f"difformer-{name}-{m}"
-        stages[tag] = partial(train_stage, tag, "aeslc", train_data, SIDE_BY_SIDE_DIFFUSION, teacher, overrides)
-    for tag, stage in stages.items():
+        stages[name] = partial(train_stage, stage_tag(name, args.minutes), "aeslc", train_data, overrides)
+    for name in args.stages:
+        tag = stage_tag(name, args.minutes)
         if tag in side:
-            print(f"{tag}: recorded in results/aeslc.json; skipped")
+            print(f"{args.batch} {tag}: recorded in results/aeslc.json; skipped")
             continue
-        print(f"{tag}: running", flush=True)
-        stage()
+        if name != "ar" and stage_tag("ar", args.minutes) not in side:
+            sys.exit(f"--batch {args.batch}: stage {name} needs the teacher: run stage ar first")
+        if "distilled" in name and "distill" not in side:
+            sys.exit(f"--batch {args.batch}: stage {name} needs the distilled subjects: run stage distill first")
+        print(f"{args.batch} {tag}: running", flush=True)
+        stages[name]()
         save_results("aeslc", results, markdown(results))
+
+
+def rerank_lenpen(model: Path, teacher: Path, emails: list[str], subjects: list[str]) -> tuple[dict, float]:
+    """The teacher rerank's length penalty with the best ROUGE-L on `emails` (valid): each one's scores, and
+    the choice. Chosen on valid so that test is decoded once per stage."""
+    pipe = load(model, device="cpu", reranker=teacher)
+    rows = {}
+    for lenpen in RERANK_LENPENS:
+        row = decoded(pipe, f"7x3 teacher rerank lenpen {lenpen:g}",
+                      {"length_beam": 7, "noise_beam": 3, "selection": "ar", "lenpen": lenpen},
+                      emails, subjects, {"original": [subjects]}, examples=0)
+        rows[f"{lenpen:g}"] = {k: row[k] for k in ("rouge", "output_words", "emails_per_second")}
+        print(f"  valid lenpen {lenpen:g}: ROUGE {_r(row['rouge']['original'])} (original)", flush=True)
+    best = max(RERANK_LENPENS, key=lambda x: rows[f"{x:g}"]["rouge"]["original"]["rougeL"])
+    return {"emails": len(emails), "lenpen": rows, "chosen": best}, best
 
 
 # each spelled out in full: a model's own decode config (its preset's, clamp or not) must not show through
@@ -281,17 +334,22 @@ def valid_decodings(args: argparse.Namespace, results: dict, test: tuple[list[st
     the best by ROUGE-L against the original subjects then decodes `test` (emails, subjects, references) once.
     The teacher-reranked variant needs the side by side's teacher (`--reranker`)."""
     tag = args.valid_decodings
+    side = results.get("side_by_side", {}).get(args.batch, {}) if args.batch else {}
     models = {**{t: args.work / "runs" / t for t in results.get("runs", {})},
-              **{t: args.work / "aeslc-teacher" / "runs" / t for t in results.get("side_by_side", {}) if t != "distill"}}
+              **{t: batch_dir(args.work, args.batch) / "runs" / t for t in side if t != "distill"}}
     if tag not in models:
-        raise SystemExit(f"--valid-decodings {tag}: no such run in bench/results/aeslc.json ({', '.join(models)})")
-    if not (args.reranker / "model.safetensors").exists():
-        raise SystemExit(f"--reranker {args.reranker}: no model there (train it with --side-by-side)")
+        raise SystemExit(f"--valid-decodings {tag}: no such run, or stage of --batch {args.batch}, in "
+                         f"bench/results/aeslc.json ({', '.join(models)})")
+    if not (args.reranker or args.batch):
+        raise SystemExit("--valid-decodings: name the teacher that reranks: --batch NAME (its teacher) or --reranker DIR")
+    reranker = args.reranker or batch_dir(args.work, args.batch) / "runs" / stage_tag("ar", args.minutes) / "model"
+    if not (reranker / "model.safetensors").exists():
+        raise SystemExit(f"--reranker {reranker}: no model there (train it with --side-by-side --batch NAME)")
     emails, subjects = text_lines(args.data / "valid.src"), text_lines(args.data / "valid.tgt")
     references = {"original": [subjects], "annotations": [text_lines(args.data / f"valid.ann{i}") for i in range(3)]}
     results["valid_lead"] = scores([" ".join(e.split()[:LEAD_WORDS]) for e in emails], references)
     rows = results.setdefault("valid_decodings", {}).setdefault(tag, {})
-    pipe = load(models[tag] / "model", device="cpu", reranker=args.reranker)
+    pipe = load(models[tag] / "model", device="cpu", reranker=reranker)
     for name, options in VALID_DECODINGS.items():
         # a row made with other options or another reranker than the entry's today is made again
         if name not in rows or rows[name]["setting"] != pipe.describe(pipe.decode_config(**options)):
@@ -304,6 +362,14 @@ def valid_decodings(args: argparse.Namespace, results: dict, test: tuple[list[st
         chosen[tag] = decoded(pipe, best, VALID_DECODINGS[best], *test)
         save_results("aeslc", results, markdown(results))
     print(f"{tag}: chosen on valid {best}; test ROUGE {_r(chosen[tag]['rouge']['original'])} (original)")
+
+
+def stages(text: str) -> tuple[str, ...]:
+    names = text.split(",")
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+    return tuple(n for n in STAGES if n in names)
 
 
 def main() -> None:
@@ -320,8 +386,12 @@ def main() -> None:
                    help="a prepared directory to train on (the side by side's distilled subjects, say)")
     p.add_argument("--valid-decodings", metavar="TAG",
                    help="decoding variants of the model of run (or side-by-side stage) TAG, on valid")
-    p.add_argument("--reranker", type=Path, default=HERE / "work" / "aeslc-teacher" / "runs" / "ar-25min" / "model",
-                   help="the autoregressive model that reranks candidates in --valid-decodings (the side by side's)")
+    p.add_argument("--batch", help="the side by side's batch: one machine, its models in WORK/aeslc-side-BATCH")
+    p.add_argument("--stages", type=stages, default=STAGES, metavar="S,S",
+                   help=f"the side by side's stages to run, in its order (default: {','.join(STAGES)})")
+    p.add_argument("--reranker", type=Path, metavar="DIR",
+                   help="the autoregressive model that reranks candidates in --valid-decodings "
+                        "(default: the --batch's teacher)")
     args = p.parse_args()
     tag = args.tag or f"aeslc-{args.minutes:g}min"
     results = load_results("aeslc")
@@ -329,6 +399,8 @@ def main() -> None:
     references = {"original": [subjects], "annotations": [text_lines(args.data / f"test.ann{i}") for i in range(3)]}
     results["lead"] = scores([" ".join(e.split()[:LEAD_WORDS]) for e in emails], references)
     if args.side_by_side:
+        if not args.batch:
+            p.error("--side-by-side needs --batch NAME (a batch is one machine's runs)")
         side_by_side(args, results, emails, subjects, references)
         return
     if args.valid_decodings:
