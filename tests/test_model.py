@@ -39,7 +39,17 @@ def test_predicted_lengths_centre_the_beam_on_the_argmax():
     logits[0, 130] = 5.0  # +2 over the source length
     logits[1, 126] = 5.0  # -2
     lengths = predict_lengths(logits, torch.tensor([10, 3]), beam=3, max_len=64)
-    assert lengths.tolist() == [[11, 12, 13], [2, 2, 2]]  # clamped to BOS + EOS at least
+    assert lengths.tolist() == [[11, 12, 13], [2, 3, 4]]  # BOS + EOS at least, the window shifted up
+
+
+def test_length_candidates_near_a_bound_are_distinct_and_keep_the_argmax():
+    logits = torch.full((3, 64), -10.0)
+    logits[0, 3], logits[1, 62], logits[2, 10] = 5.0, 5.0, 5.0
+    lengths = predict_lengths(logits, torch.tensor([0, 0, 0]), beam=7, max_len=63, offset=False)
+    assert lengths.tolist() == [[2, 3, 4, 5, 6, 7, 8], [57, 58, 59, 60, 61, 62, 63], [7, 8, 9, 10, 11, 12, 13]]
+    # more candidates than lengths that fit: every length once, then the longest repeated
+    assert predict_lengths(logits[:1], torch.tensor([0]), beam=5, max_len=4, offset=False).tolist() == \
+        [[2, 3, 4, 4, 4]]
 
 
 def test_decoder_is_bidirectional():

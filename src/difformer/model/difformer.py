@@ -121,8 +121,11 @@ def length_targets(src_lens: torch.Tensor, tgt_lens: torch.Tensor, classes: int,
 
 def predict_lengths(length_logits: torch.Tensor, src_lens: torch.Tensor, beam: int,
                     max_len: int, offset: bool = True) -> torch.Tensor:
-    """Candidate target lengths (B, beam): the argmax length L plus offsets -beam//2 .. around it."""
+    """Candidate target lengths (B, beam): `beam` consecutive lengths centred on the argmax, shifted inward
+    near a bound (BOS + EOS at least, max_len at most) so that no two candidates share a length: clamping
+    the centred window gave short predictions copies ([2, 2, 2, 3, 4, 5, 6] for 3), wasting candidates
+    where summaries are short."""
     classes = length_logits.shape[-1]
     best = length_logits.argmax(-1) + (src_lens - classes // 2 if offset else 0)  # (B,)
-    offsets = torch.arange(beam, device=best.device) - beam // 2
-    return (best[:, None] + offsets[None, :]).clamp(2, max_len)  # BOS + EOS at least
+    low = (best - beam // 2).clamp(max=max_len - beam + 1).clamp(min=2)
+    return (low[:, None] + torch.arange(beam, device=best.device)[None, :]).clamp(max=max_len)
