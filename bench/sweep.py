@@ -164,11 +164,17 @@ def valid_curve(run: Path) -> list[dict]:
 AFTER_TEACHER = "- (after the teacher's minutes)"  # an inclusive run's cell where runs compare per update
 
 
+def inclusive(r: dict) -> bool:
+    """Whether a recorded run started from the teacher within the batch's budget (its record says how long
+    the teacher trained)."""
+    return "teacher_minutes" in r
+
+
 def common_update(runs) -> int | None:
     """The last update at which every run validated: where they compare per update. A warm-started run
     within the budget (INCLUSIVE) is left out: its updates come after the teacher's minutes, so at equal
     updates it has spent more, and its fewer updates would move every other run's column back."""
-    counted = [r for r in runs if "teacher_minutes" not in r]
+    counted = [r for r in runs if not inclusive(r)]
     return max(set.intersection(*({v["update"] for v in r["valid"]} for r in counted)), default=None) \
         if counted else None
 
@@ -212,8 +218,8 @@ def markdown(results: dict) -> str:
                   "BLEU (update) | last valid BLEU | test2016 1x1 |", "|---|---|---|---|---|---|---|---|"]
         for arm, r in sorted(arms.items(), key=lambda a: -a[1]["best_valid_bleu"]):
             best = max(r["valid"], key=lambda v: v["valid_bleu"])
-            same = AFTER_TEACHER if "teacher_minutes" in r else valid_at(r, at)
-            minutes = f"{r['train_minutes']} + {r['teacher_minutes']} teacher" if "teacher_minutes" in r \
+            same = AFTER_TEACHER if inclusive(r) else valid_at(r, at)
+            minutes = f"{r['train_minutes']} + {r['teacher_minutes']} teacher" if inclusive(r) \
                 else r["train_minutes"]
             lines.append(f"| {arm} | {against_preset(r['config'])} | {minutes} | {r['updates']} "
                          f"| {same} | {best['valid_bleu']} ({best['update']}) | {r['valid'][-1]['valid_bleu']} | "
@@ -247,7 +253,7 @@ def against_control(batches: dict) -> list[str]:
     for arm, tag, r, c in sorted(rows, key=lambda x: x[0]):
         at = common_update([r, c])
         same = [valid_at(x, at) for x in (r, c)]
-        at_update = AFTER_TEACHER if "teacher_minutes" in r else \
+        at_update = AFTER_TEACHER if inclusive(r) else \
             "-" if at is None else f"{same[0] - same[1]:+.2f} (update {at})"
         lines.append(f"| {arm} | {tag} | {at_update} | {r['best_valid_bleu'] - c['best_valid_bleu']:+.2f} | "
                      f"{r['test2016'] - c['test2016']:+.2f} | {also_differs(arm, r, c) or '-'} |")
@@ -257,7 +263,7 @@ def against_control(batches: dict) -> list[str]:
 def also_differs(arm: str, r: dict, control: dict) -> str:
     """The settings in which an arm's run differs from its control's other than the arm's own overrides."""
     own = {o.split("=", 1)[0] for o in ARMS.get(arm, [])} | SETTINGS_OF_A_RUN
-    if "teacher_minutes" in r:  # its budget is the batch's less the teacher's
+    if inclusive(r):  # its budget is the batch's less the teacher's
         own |= {"train.max_minutes"}
     known = {f"{s}.{k}" for s, values in preset().items() for k in values}
     keys = [k for k in config_diff(control["config"], r["config"], ignore=own) if k in known]  # not since removed
