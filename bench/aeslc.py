@@ -13,8 +13,9 @@ three per email), next to the lead baseline (the email's first words).
     python bench/aeslc.py --side-by-side --batch epyc   # the `aeslc-ar` teacher, distillation, and the
                                                    # `aeslc` Difformer on raw and distilled subjects, in one run
     python bench/aeslc.py --side-by-side --batch epyc --stages ar,distill,warm-raw,warm-distilled
-    python bench/aeslc.py --valid-decodings TAG --batch epyc   # decoding variants of a recorded run's model
-                                                   # on valid (one reranked by that batch's teacher)
+    python bench/aeslc.py --valid-decodings epyc/difformer-warm-raw-25min   # decoding variants of a side by
+                                                   # side's model on valid (some reranked by its teacher)
+    python bench/aeslc.py --valid-decodings TAG --batch epyc   # ... of a run's model, reranked by a batch's
 
 Emails are cut to the model's positions in training and decoding (62 subwords for the `aeslc` preset's 64,
 126 for `aeslc-ar`'s 128); each cut has its own prepared copy, work/aeslc-<subwords>, except in the side by
@@ -102,7 +103,7 @@ def markdown(results: dict) -> str:
                   f"ROUGE signatures: `{r['rouge']['original']['signature']}`, "
                   f"`{r['rouge']['annotations']['signature']}`"]
     for tag, rows in results.get("valid_decodings", {}).items():
-        lines += ["", f"## Decodings of `{tag}` on valid (`python bench/aeslc.py --valid-decodings {tag}`)", "",
+        lines += ["", f"## Decodings of `{tag}` on valid", "",
                   "| decoding | R-1 / R-2 / R-L original | R-1 / R-2 / R-L annotations | output words | emails/s |",
                   "|---|---|---|---|---|",
                   f"| lead-{LEAD_WORDS} | {_r(results['valid_lead']['original'])} | "
@@ -260,6 +261,8 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
         cfg = load_config(preset, [f"train.data={train_data}", f"train.save_dir={run}",
                                    f"train.max_minutes={args.minutes}", *overrides])
         train_time, started = train_run(cfg, run, tag)
+        if started["machine"] != machine():  # trained elsewhere and killed while decoding: speeds would mix
+            sys.exit(f"{tag}: {run} was trained on {started['machine']}, this is {machine()}: decode it there")
         record = {**training_record(run, train_time, started), "preset": preset, "data": str(train_data),
                   "overrides": list(overrides)}
         if preset == "aeslc-ar":
@@ -292,10 +295,11 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
         if tag in side:
             print(f"{args.batch} {tag}: recorded in results/aeslc.json; skipped")
             continue
-        if name != "ar" and stage_tag("ar", args.minutes) not in side:
-            sys.exit(f"--batch {args.batch}: stage {name} needs the teacher: run stage ar first")
-        if "distilled" in name and "distill" not in side:
-            sys.exit(f"--batch {args.batch}: stage {name} needs the distilled subjects: run stage distill first")
+        if name != "ar" and not (stage_tag("ar", args.minutes) in side and (teacher / "model.safetensors").exists()):
+            sys.exit(f"--batch {args.batch}: stage {name} needs the teacher {teacher}: run stage ar first")
+        if "distilled" in name and not ("distill" in side and (distilled / "dataset.json").exists()):
+            sys.exit(f"--batch {args.batch}: stage {name} needs the distilled subjects {distilled}: run stage "
+                     "distill first")
         print(f"{args.batch} {tag}: running", flush=True)
         stages[name]()
         save_results("aeslc", results, markdown(results))
@@ -330,26 +334,33 @@ VALID_DECODINGS = {"1x1": _PLAIN, "1x1 50 steps": {**_PLAIN, "steps": 50}, "1x1 
 
 
 def valid_decodings(args: argparse.Namespace, results: dict, test: tuple[list[str], list[str], dict]) -> None:
-    """Decoding variants of a recorded Difformer's model (a run or a side-by-side stage) on the valid emails;
-    the best by ROUGE-L against the original subjects then decodes `test` (emails, subjects, references) once.
-    The teacher-reranked variant needs the side by side's teacher (`--reranker`)."""
+    """Decoding variants of a recorded Difformer's model (a run TAG, or BATCH/STAGE of a side by side) on the
+    valid emails; the best by ROUGE-L against the original subjects then decodes `test` (emails, subjects,
+    references) once. The teacher-reranked variants need a teacher: --reranker, or the batch's (--batch
+    for a run)."""
     tag = args.valid_decodings
-    side = results.get("side_by_side", {}).get(args.batch, {}) if args.batch else {}
-    models = {**{t: args.work / "runs" / t for t in results.get("runs", {})},
-              **{t: batch_dir(args.work, args.batch) / "runs" / t for t in side if t != "distill"}}
-    if tag not in models:
-        raise SystemExit(f"--valid-decodings {tag}: no such run, or stage of --batch {args.batch}, in "
-                         f"bench/results/aeslc.json ({', '.join(models)})")
-    if not (args.reranker or args.batch):
-        raise SystemExit("--valid-decodings: name the teacher that reranks: --batch NAME (its teacher) or --reranker DIR")
-    reranker = args.reranker or batch_dir(args.work, args.batch) / "runs" / stage_tag("ar", args.minutes) / "model"
+    batch, _, stage = tag.rpartition("/")
+    if batch:
+        if not stage.startswith("difformer-") or stage not in results.get("side_by_side", {}).get(batch, {}):
+            raise SystemExit(f"--valid-decodings {tag}: no Difformer stage {stage} in side-by-side batch {batch} "
+                             "of bench/results/aeslc.json")
+        model = batch_dir(args.work, batch) / "runs" / stage / "model"
+    elif tag in results.get("runs", {}):
+        model, batch = args.work / "runs" / tag / "model", args.batch
+    else:
+        raise SystemExit(f"--valid-decodings {tag}: no such run in bench/results/aeslc.json (runs: "
+                         f"{', '.join(results.get('runs', {}))}; a side by side's stage: BATCH/STAGE)")
+    reranker = args.reranker or (batch and batch_teacher(args.work, batch, results))
+    if not reranker:
+        raise SystemExit(f"--valid-decodings {tag}: name the teacher that reranks: --batch NAME (its teacher) "
+                         "or --reranker DIR")
     if not (reranker / "model.safetensors").exists():
         raise SystemExit(f"--reranker {reranker}: no model there (train it with --side-by-side --batch NAME)")
     emails, subjects = text_lines(args.data / "valid.src"), text_lines(args.data / "valid.tgt")
     references = {"original": [subjects], "annotations": [text_lines(args.data / f"valid.ann{i}") for i in range(3)]}
     results["valid_lead"] = scores([" ".join(e.split()[:LEAD_WORDS]) for e in emails], references)
     rows = results.setdefault("valid_decodings", {}).setdefault(tag, {})
-    pipe = load(models[tag] / "model", device="cpu", reranker=reranker)
+    pipe = load(model, device="cpu", reranker=reranker)
     for name, options in VALID_DECODINGS.items():
         # a row made with other options or another reranker than the entry's today is made again
         if name not in rows or rows[name]["setting"] != pipe.describe(pipe.decode_config(**options)):
@@ -372,6 +383,14 @@ def stages(text: str) -> tuple[str, ...]:
     return tuple(n for n in STAGES if n in names)
 
 
+def batch_teacher(work: Path, batch: str, results: dict) -> Path:
+    """The model of a side-by-side batch's teacher stage."""
+    tag = next((t for t in results.get("side_by_side", {}).get(batch, {}) if t.startswith("ar-")), None)
+    if tag is None:
+        raise SystemExit(f"--batch {batch}: no teacher recorded for it in bench/results/aeslc.json")
+    return batch_dir(work, batch) / "runs" / tag / "model"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
@@ -385,8 +404,9 @@ def main() -> None:
     p.add_argument("--train-data", type=Path, metavar="DIR",
                    help="a prepared directory to train on (the side by side's distilled subjects, say)")
     p.add_argument("--valid-decodings", metavar="TAG",
-                   help="decoding variants of the model of run (or side-by-side stage) TAG, on valid")
-    p.add_argument("--batch", help="the side by side's batch: one machine, its models in WORK/aeslc-side-BATCH")
+                   help="decoding variants on valid of the model of run TAG, or of a side by side's BATCH/STAGE")
+    p.add_argument("--batch", help="the side by side's batch: one machine, its models in WORK/aeslc-side-BATCH; with "
+                        "--valid-decodings of a run, the batch whose teacher reranks")
     p.add_argument("--stages", type=stages, default=STAGES, metavar="S,S",
                    help=f"the side by side's stages to run, in its order (default: {','.join(STAGES)})")
     p.add_argument("--reranker", type=Path, metavar="DIR",

@@ -173,3 +173,119 @@ def test_bench_reads_a_split_as_prepare_does(tmp_path):
     (tmp_path / "test.de").write_text("a\u2028b\x0cc\r\nzwei\n", encoding="utf-8")
     (tmp_path / "test.en").write_text("\ufeffone\ntwo\n", encoding="utf-8")
     assert common.split_text(tmp_path, "test") == (["a\u2028b\x0cc", "zwei"], ["one", "two"])
+
+
+def _aeslc_data(path: Path) -> Path:
+    for split in ("valid", "test"):
+        for name in ("src", "tgt", "ann0", "ann1", "ann2"):
+            (path / f"{split}.{name}").write_text("an email about the budget\nanother email\n")
+    return path
+
+
+def test_the_aeslc_side_by_side_keeps_a_batch_on_one_machine_and_runs_its_stages_in_order(monkeypatch, tmp_path):
+    aeslc = _bench("aeslc")
+    recorded = {"side_by_side": {"xeon": {"ar-25min": {"machine": "Xeon, 2 cores"}}}}
+    monkeypatch.setattr(aeslc, "load_results", lambda name: recorded)
+    monkeypatch.setattr(aeslc, "save_results", lambda *a: None)
+    monkeypatch.setattr(aeslc, "markdown", lambda results: "")
+    monkeypatch.setattr(aeslc, "machine", lambda: "EPYC, 2 cores")
+    monkeypatch.setattr(aeslc, "prepared", lambda *a: tmp_path / "prepared")
+    ran = []
+
+    def train_run(cfg, run, tag):
+        ran.append((tag, cfg.train.init_from))
+        (run / "model").mkdir(parents=True)
+        (run / "model" / "model.safetensors").write_bytes(b"")
+        return None, {"machine": "EPYC, 2 cores"}
+
+    def distill(teacher, data, dest, **options):
+        ran.append(("distill", None))
+        dest.mkdir(parents=True)
+        (dest / "dataset.json").write_text("{}")
+        return {"distilled": {"decoding": "beam 4", "seconds": 60, "teacher_bleu_vs_references": 1.0},
+                "splits": {"train": {"pairs": 2}}}
+    decodings, reranked = [], []
+    monkeypatch.setattr(aeslc, "train_run", train_run)
+    monkeypatch.setattr(aeslc, "distill", distill)
+    monkeypatch.setattr(aeslc, "training_record", lambda *a: {"machine": "EPYC, 2 cores", "train_minutes": 25.0})
+    monkeypatch.setattr(aeslc, "decode_rows", lambda model, e, s, r, settings, reranker=None:
+                        decodings.append((settings, reranker)) or list(settings))
+    monkeypatch.setattr(aeslc, "rerank_lenpen", lambda model, teacher, emails, subjects:
+                        reranked.append((teacher, len(emails))) or ({"chosen": 2.0}, 2.0))
+    data = _aeslc_data(tmp_path)
+    (data / "valid.src").write_text("an email\n" * 450)  # the lenpen is chosen on the first 400
+
+    def main(*argv: str) -> None:
+        monkeypatch.setattr(sys, "argv", ["aeslc.py", "--side-by-side", "--data", str(data),
+                                          "--work", str(tmp_path / "work"), *argv])
+        aeslc.main()
+
+    with pytest.raises(SystemExit, match="--batch xeon: its stages ran on Xeon, 2 cores, this is EPYC, 2 cores"):
+        main("--batch", "xeon", "--stages", "warm-raw")
+    with pytest.raises(SystemExit, match="stage warm-raw needs the teacher .*ar-25min/model: run stage ar first"):
+        main("--batch", "epyc", "--stages", "warm-raw")
+    with pytest.raises(SystemExit, match="stage warm-distilled needs the distilled subjects"):
+        main("--batch", "epyc", "--stages", "warm-distilled,ar")  # run in the side by side's order
+    assert ran == [("ar-25min", None)]
+    main("--batch", "epyc", "--stages", "ar,distill,warm-raw,warm-distilled")  # the teacher is recorded: skipped
+    teacher = str(tmp_path / "work" / "aeslc-side-epyc" / "runs" / "ar-25min" / "model")
+    assert ran[1:] == [("distill", None), ("difformer-warm-raw-25min", teacher),
+                       ("difformer-warm-distilled-25min", teacher)]
+    side = recorded["side_by_side"]["epyc"]
+    assert side["ar-25min"]["results"] == ["beam 4"]
+    assert side["difformer-warm-raw-25min"]["results"] == ["1x1", "7x3 teacher rerank lenpen 2"]
+    assert reranked == [(Path(teacher), 400)] * 2
+    assert decodings[1] == ({"1x1": {"length_beam": 1, "noise_beam": 1}, "7x3 teacher rerank lenpen 2": {
+        "length_beam": 7, "noise_beam": 3, "selection": "ar", "lenpen": 2.0}}, Path(teacher))
+    assert side["difformer-warm-distilled-25min"]["data"].endswith("aeslc-side-epyc/aeslc-distilled")
+
+
+def test_the_aeslc_rerank_length_penalty_is_chosen_by_valid_rouge_l(monkeypatch):
+    aeslc = _bench("aeslc")
+    monkeypatch.setattr(aeslc, "load", lambda *a, **k: None)
+    rouge_l = {1.0: 7.0, 2.0: 8.5}
+
+    def decoded(pipe, name, options, emails, subjects, references, examples=5):
+        s = {"rouge1": 9.0, "rouge2": 3.0 - options["lenpen"], "rougeL": rouge_l[options["lenpen"]]}
+        return {"rouge": {"original": s}, "output_words": 2.0 * options["lenpen"], "emails_per_second": 3.0}
+    monkeypatch.setattr(aeslc, "decoded", decoded)
+    record, lenpen = aeslc.rerank_lenpen(Path("m"), Path("t"), ["e"] * 3, ["s"] * 3)
+    assert lenpen == 2.0 and record["chosen"] == 2.0 and record["emails"] == 3
+    assert record["lenpen"]["1"]["rouge"]["original"]["rougeL"] == 7.0
+    rouge_l[1.0] = 9.0
+    assert aeslc.rerank_lenpen(Path("m"), Path("t"), ["e"], ["s"])[1] == 1.0
+
+
+def test_aeslc_valid_decodings_finds_a_batch_s_stage_and_its_teacher(monkeypatch, tmp_path):
+    aeslc = _bench("aeslc")
+    teacher = tmp_path / "work" / "aeslc-side-epyc" / "runs" / "ar-25min" / "model"
+    teacher.mkdir(parents=True)
+    (teacher / "model.safetensors").write_bytes(b"")
+    recorded = {"runs": {"warm": {}}, "side_by_side": {
+        "epyc": {"ar-25min": {}, "difformer-warm-raw-25min": {}}, "xeon": {"difformer-warm-raw-25min": {}}}}
+    monkeypatch.setattr(aeslc, "load_results", lambda name: recorded)
+    loaded = []
+
+    def load(model, device, reranker):
+        loaded.append((model, reranker))
+        raise SystemExit("loaded")
+    monkeypatch.setattr(aeslc, "load", load)
+    data = _aeslc_data(tmp_path)
+
+    def main(*argv: str) -> None:
+        monkeypatch.setattr(sys, "argv", ["aeslc.py", "--data", str(data), "--work", str(tmp_path / "work"), *argv])
+        aeslc.main()
+
+    with pytest.raises(SystemExit, match="loaded"):
+        main("--valid-decodings", "epyc/difformer-warm-raw-25min")
+    assert loaded == [(tmp_path / "work" / "aeslc-side-epyc" / "runs" / "difformer-warm-raw-25min" / "model",
+                       teacher)]
+    with pytest.raises(SystemExit, match="no Difformer stage ar-25min in side-by-side batch epyc"):
+        main("--valid-decodings", "epyc/ar-25min")
+    with pytest.raises(SystemExit, match="no teacher recorded for it"):
+        main("--valid-decodings", "xeon/difformer-warm-raw-25min")
+    with pytest.raises(SystemExit, match="name the teacher that reranks"):
+        main("--valid-decodings", "warm")
+    with pytest.raises(SystemExit, match="loaded"):
+        main("--valid-decodings", "warm", "--batch", "epyc")
+    assert loaded[-1] == (tmp_path / "work" / "runs" / "warm" / "model", teacher)
