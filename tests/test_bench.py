@@ -199,7 +199,7 @@ def test_the_aeslc_side_by_side_keeps_a_batch_on_one_machine_and_runs_its_stages
         return None, {"machine": "EPYC, 2 cores"}
 
     def distill(teacher, data, dest, **options):
-        ran.append(("distill", None))
+        ran.append(("distill", ""))
         dest.mkdir(parents=True)
         (dest / "dataset.json").write_text("{}")
         return {"distilled": {"decoding": "beam 4", "seconds": 60, "teacher_bleu_vs_references": 1.0},
@@ -226,10 +226,10 @@ def test_the_aeslc_side_by_side_keeps_a_batch_on_one_machine_and_runs_its_stages
         main("--batch", "epyc", "--stages", "warm-raw")
     with pytest.raises(SystemExit, match="stage warm-distilled needs the distilled subjects"):
         main("--batch", "epyc", "--stages", "warm-distilled,ar")  # run in the side by side's order
-    assert ran == [("ar-25min", None)]
+    assert ran == [("ar-25min", "")]  # no init_from
     main("--batch", "epyc", "--stages", "ar,distill,warm-raw,warm-distilled")  # the teacher is recorded: skipped
     teacher = str(tmp_path / "work" / "aeslc-side-epyc" / "runs" / "ar-25min" / "model")
-    assert ran[1:] == [("distill", None), ("difformer-warm-raw-25min", teacher),
+    assert ran[1:] == [("distill", ""), ("difformer-warm-raw-25min", teacher),
                        ("difformer-warm-distilled-25min", teacher)]
     side = recorded["side_by_side"]["epyc"]
     assert side["ar-25min"]["results"] == ["beam 4"]
