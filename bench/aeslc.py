@@ -232,6 +232,11 @@ RERANK_LENPENS = (1.0, 2.0)  # the reranked subjects were shorter than the refer
 RERANK_VALID_EMAILS = 400  # the lenpen choice's valid emails: 7x3 reranked decodes ~2.5 emails/s here
 
 
+def reranked(lenpen: float) -> dict:
+    """7x3 clamped candidates, the teacher's pick by log p / length ** lenpen."""
+    return {"length_beam": 7, "noise_beam": 3, "selection": "ar", "lenpen": lenpen}
+
+
 def batch_dir(work: Path, batch: str) -> Path:
     return work / f"aeslc-side-{batch}"
 
@@ -270,8 +275,7 @@ def side_by_side(args: argparse.Namespace, results: dict, emails: list[str], sub
         else:
             record["rerank_on_valid"], lenpen = rerank_lenpen(run / "model", teacher, *valid)
             settings = {"1x1": {"length_beam": 1, "noise_beam": 1},
-                        f"7x3 teacher rerank lenpen {lenpen:g}": {"length_beam": 7, "noise_beam": 3,
-                                                                  "selection": "ar", "lenpen": lenpen}}
+                        f"7x3 teacher rerank lenpen {lenpen:g}": reranked(lenpen)}
             record["results"] = decode_rows(run / "model", emails, subjects, references, settings, teacher)
         side[tag] = record
 
@@ -311,9 +315,8 @@ def rerank_lenpen(model: Path, teacher: Path, emails: list[str], subjects: list[
     pipe = load(model, device="cpu", reranker=teacher)
     rows = {}
     for lenpen in RERANK_LENPENS:
-        row = decoded(pipe, f"7x3 teacher rerank lenpen {lenpen:g}",
-                      {"length_beam": 7, "noise_beam": 3, "selection": "ar", "lenpen": lenpen},
-                      emails, subjects, {"original": [subjects]}, examples=0)
+        row = decoded(pipe, f"7x3 teacher rerank lenpen {lenpen:g}", reranked(lenpen), emails, subjects,
+                      {"original": [subjects]}, examples=0)
         rows[f"{lenpen:g}"] = {k: row[k] for k in ("rouge", "output_words", "emails_per_second")}
         print(f"  valid lenpen {lenpen:g}: ROUGE {_r(row['rouge']['original'])} (original)", flush=True)
     best = max(RERANK_LENPENS, key=lambda x: rows[f"{x:g}"]["rouge"]["original"]["rougeL"])
